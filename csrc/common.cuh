@@ -1,0 +1,53 @@
+// Shared helpers for modaq's CUDA kernels: error checks, dtype dispatch, element conversion.
+// The extension has no libtorch dependency: every entry point receives raw device pointers,
+// sizes, a dtype code (0 = fp16, 1 = bf16, 2 = fp32), the device index and a cudaStream_t.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace modaq {
+
+inline void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("modaq._C: ") + what + ": " + cudaGetErrorString(err));
+  }
+}
+
+// Select the device the pointers live on (our cudart is separate from torch's, so its
+// current device is not torch's) and return the caller's stream.
+inline cudaStream_t enter(int device, std::uintptr_t stream) {
+  check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  return reinterpret_cast<cudaStream_t>(stream);
+}
+
+inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
+
+template <typename T> __device__ __forceinline__ float to_float(T v);
+template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+
+enum DType : int { kHalf = 0, kBFloat16 = 1, kFloat = 2 };
+
+// Calls f(T{}) with T the element type named by `dtype`.
+template <typename F>
+void dispatch_float(int dtype, F&& f) {
+  switch (dtype) {
+    case kHalf: f(__half{}); break;
+    case kBFloat16: f(__nv_bfloat16{}); break;
+    default: throw std::invalid_argument("modaq._C: dtype code must be 0 (fp16) or 1 (bf16)");
+  }
+}
+
+}  // namespace modaq
