@@ -2,14 +2,18 @@
 // a dtype code (0 fp16, 1 bf16), the device index and the cudaStream_t of torch's current
 // stream; the Python side (modaq/ops/_cuda.py and the fast_* modules) validates everything
 // first, so these functions trust their arguments.
+//
+// Each kernel family declares its entry points in the block below and adds its m.def lines
+// to the module body (one family per block, so families can be edited independently).
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
 
 namespace modaq {
+// --- activation quantization (csrc/quantize_act.cu)
 void quantize_act(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t q, std::uintptr_t scale,
                   int64_t M, int64_t K, int bits, int dtype, int device, std::uintptr_t stream);
-}
+}  // namespace modaq
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "modaq CUDA kernels (raw-pointer interface; use modaq.ops)";
