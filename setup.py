@@ -25,10 +25,17 @@ def find_nvcc():
     return None
 
 
+def pybind11_cmake_dir():
+    try:
+        import pybind11
+        return pybind11.get_cmake_dir()
+    except ImportError:
+        tool = shutil.which("pybind11-config")
+        return subprocess.check_output([tool, "--cmakedir"], text=True).strip() if tool else None
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
-        import pybind11
-
         out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         build_dir = Path(self.build_temp).resolve() / "cmake"
         build_dir.mkdir(parents=True, exist_ok=True)
@@ -37,11 +44,12 @@ class CMakeBuild(build_ext):
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
             f"-DPython_EXECUTABLE={sys.executable}",
-            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_CUDA_COMPILER={self.nvcc}",
             f"-DMODAQ_CUDA_ARCHS={archs}",
             "-DCMAKE_BUILD_TYPE=Release",
         ]
+        if pybind11_cmake_dir():
+            args.append(f"-Dpybind11_DIR={pybind11_cmake_dir()}")
         if shutil.which("ninja"):
             args.append("-GNinja")
         subprocess.check_call(["cmake", str(ROOT), *args], cwd=build_dir)

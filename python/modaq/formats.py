@@ -248,13 +248,13 @@ def unpack_int3(packed: torch.Tensor) -> torch.Tensor:
     return v.to(torch.uint8).reshape(*packed.shape[:-1], -1)
 
 
-def pack_uint4(q: torch.Tensor) -> torch.Tensor:
+def pack_uint4(q: torch.Tensor, check: bool = True) -> torch.Tensor:
     """Pack uint8 values in [0, 16) two per byte along the last dim, even index in the low nibble."""
     if q.dtype != torch.uint8:
         raise TypeError(f"q: expected uint8, got {q.dtype}")
     if q.shape[-1] % 2:
         raise ValueError(f"q: last dim must be even for 4-bit packing, got {q.shape[-1]}")
-    if bool((q > 15).any()):
+    if check and bool((q > 15).any()):  # check=False: no device sync (CUDA-graph capture)
         raise ValueError("q: 4-bit unsigned values must lie in [0, 15]")
     return q[..., 0::2] | (q[..., 1::2] << 4)
 
@@ -265,13 +265,13 @@ def unpack_uint4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([packed & 0xF, packed >> 4], dim=-1).reshape(*packed.shape[:-1], -1)
 
 
-def pack_int4(q: torch.Tensor) -> torch.Tensor:
+def pack_int4(q: torch.Tensor, check: bool = True) -> torch.Tensor:
     """Pack int8 values in [-8, 8) as two's-complement nibbles, two per byte (even k low)."""
     if q.dtype != torch.int8:
         raise TypeError(f"q: expected int8, got {q.dtype}")
-    if bool(((q < -8) | (q > 7)).any()):
+    if check and bool(((q < -8) | (q > 7)).any()):
         raise ValueError("q: 4-bit signed values must lie in [-8, 7]")
-    return pack_uint4((q & 0xF).to(torch.uint8))
+    return pack_uint4((q & 0xF).to(torch.uint8), check=False)
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
@@ -331,9 +331,9 @@ def unpack_w8(qweight: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return qweight.reshape(n, k)
 
 
-def pack_a4(q: torch.Tensor) -> torch.Tensor:
+def pack_a4(q: torch.Tensor, check: bool = True) -> torch.Tensor:
     """int4 activations [M, K] -> uint8 [M, K/2] (pack_int4 rows); quantize_act writes this."""
-    return pack_int4(q)
+    return pack_int4(q, check)
 
 
 def unpack_a4(packed: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ kernel layouts of modaq.formats and are unpacked here.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -50,6 +51,12 @@ def _fwht(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(*lead, n)
 
 
+@functools.lru_cache(maxsize=None)
+def _core_matrix(m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # cached per device: a host-to-device copy inside a CUDA-graph capture would break it
+    return hadamard_matrix(m, dtype=dtype, device=device)
+
+
 def _math_dtype(x: torch.Tensor) -> torch.dtype:
     """fp32 arithmetic, or fp64 when the caller passes fp64 (offline weight folding)."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -65,7 +72,7 @@ def hadamard_rows(x: torch.Tensor, signs: torch.Tensor | None) -> torch.Tensor:
         xf = xf * signs.to(dt)
     xf = _fwht(xf.reshape(-1, m, p))
     if m > 1:
-        hm = hadamard_matrix(m, dtype=dt, device=x.device)
+        hm = _core_matrix(m, dt, x.device)
         xf = torch.matmul(hm.t(), xf)  # row-vector convention: x @ (H_m (x) H_p)
     return xf.reshape(x.shape) * (1.0 / math.sqrt(k))
 
@@ -107,7 +114,7 @@ def quantize_act(x, bits: int, smooth=None, hadamard_signs=None, kron_left=None,
     """
     xf = transformed_fp32(x, smooth, hadamard_signs, kron_left, kron_right)
     q, scale = formats.quantize_act_sym(xf, bits)
-    return (formats.pack_a4(q) if bits == 4 else q), scale
+    return (formats.pack_a4(q, check=False) if bits == 4 else q), scale
 
 
 # -------------------------------------------------------------- integer GEMMs
