@@ -6,6 +6,7 @@ code, the device index and the current CUDA stream handle, so one build serves e
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
@@ -22,7 +23,11 @@ DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
     """_C is importable, a CUDA device is present and it is sm_80 or newer."""
-    if _C is None or not torch.cuda.is_available():
+    if not torch.cuda.is_available():
+        return False
+    if _C is None:
+        warnings.warn(f"modaq: the CUDA extension modaq._C is not built ({IMPORT_ERROR}); CUDA tensors "
+                      "run the Triton / reference backends. Reinstall with nvcc on PATH to build it.")
         return False
     return torch.cuda.get_device_capability() >= (8, 0)
 
