@@ -13,6 +13,21 @@ namespace modaq {
 // --- activation quantization (csrc/quantize_act.cu)
 void quantize_act(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t q, std::uintptr_t scale,
                   int64_t M, int64_t K, int bits, int dtype, int device, std::uintptr_t stream);
+// --- fused online transform + quantization (csrc/quantize_act_transform.cu)
+bool transform_fits(int n1, int n2, bool kron);
+void quantize_act_hadamard(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t signs,
+                           std::uintptr_t left, std::uintptr_t q, std::uintptr_t scale, int64_t M,
+                           int m, int p2, int bits, int dtype, int device, std::uintptr_t stream);
+void quantize_act_kron(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t left, std::uintptr_t right,
+                       std::uintptr_t q, std::uintptr_t scale, int64_t M, int n1, int n2, int bits,
+                       int dtype, int device, std::uintptr_t stream);
+// --- weight-only W3A16 / W4A16 (csrc/weight_only_gemv.cu, csrc/weight_only_dequant.cu)
+void weight_only_gemv(std::uintptr_t x, std::uintptr_t qweight, std::uintptr_t scales, std::uintptr_t zeros,
+                      std::uintptr_t bias, int bias_dtype, std::uintptr_t y, int64_t M, int64_t N, int64_t K,
+                      int bits, int group_size, int dtype, int splits, int device, std::uintptr_t stream);
+void weight_only_dequant(std::uintptr_t qweight, std::uintptr_t scales, std::uintptr_t zeros, std::uintptr_t w,
+                         int64_t N, int64_t K, int bits, int group_size, int dtype, int device,
+                         std::uintptr_t stream);
 }  // namespace modaq
 
 PYBIND11_MODULE(_C, m) {
@@ -21,4 +36,30 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("x"), pybind11::arg("smooth"), pybind11::arg("q"), pybind11::arg("scale"),
         pybind11::arg("M"), pybind11::arg("K"), pybind11::arg("bits"), pybind11::arg("dtype"),
         pybind11::arg("device"), pybind11::arg("stream"));
+  m.def("transform_fits", &modaq::transform_fits,
+        "whether the fused transform kernel handles X_r [n1, n2] (kron: Kronecker, else Hadamard)",
+        pybind11::arg("n1"), pybind11::arg("n2"), pybind11::arg("kron"));
+  m.def("quantize_act_hadamard", &modaq::quantize_act_hadamard,
+        "randomized Hadamard (K = m * p) fused with per-token quantization; left: H_m^T A fragments",
+        pybind11::arg("x"), pybind11::arg("smooth"), pybind11::arg("signs"), pybind11::arg("left"),
+        pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("M"), pybind11::arg("m"),
+        pybind11::arg("p"), pybind11::arg("bits"), pybind11::arg("dtype"), pybind11::arg("device"),
+        pybind11::arg("stream"));
+  m.def("quantize_act_kron", &modaq::quantize_act_kron,
+        "Kronecker transform P1^T X_r P2 fused with per-token quantization (fragment operands)",
+        pybind11::arg("x"), pybind11::arg("smooth"), pybind11::arg("left"), pybind11::arg("right"),
+        pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("M"), pybind11::arg("n1"),
+        pybind11::arg("n2"), pybind11::arg("bits"), pybind11::arg("dtype"), pybind11::arg("device"),
+        pybind11::arg("stream"));
+  m.def("weight_only_gemv", &modaq::weight_only_gemv,
+        "fused dequant GEMV, W3A16 / W4A16, M <= 16 (splits: K split over a cluster, 0 = auto)",
+        pybind11::arg("x"), pybind11::arg("qweight"), pybind11::arg("scales"), pybind11::arg("zeros"),
+        pybind11::arg("bias"), pybind11::arg("bias_dtype"), pybind11::arg("y"), pybind11::arg("M"),
+        pybind11::arg("N"), pybind11::arg("K"), pybind11::arg("bits"), pybind11::arg("group_size"),
+        pybind11::arg("dtype"), pybind11::arg("splits"), pybind11::arg("device"), pybind11::arg("stream"));
+  m.def("weight_only_dequant", &modaq::weight_only_dequant,
+        "W3 / W4 packed weights -> fp16 / bf16 [N, K]",
+        pybind11::arg("qweight"), pybind11::arg("scales"), pybind11::arg("zeros"), pybind11::arg("w"),
+        pybind11::arg("N"), pybind11::arg("K"), pybind11::arg("bits"), pybind11::arg("group_size"),
+        pybind11::arg("dtype"), pybind11::arg("device"), pybind11::arg("stream"));
 }

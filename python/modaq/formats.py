@@ -25,7 +25,9 @@ instead of being quantized into silently finite garbage.
 Packed layouts (the kernel's business, inverted exactly by the matching unpack_*):
   pack_int3:  8 values -> 3 bytes, little-endian bit stream (value j at bits 3j..3j+2).
   pack_uint4 / pack_int4: 2 values -> 1 byte, even k in the low nibble.
-  pack_w3 / pack_w4 / pack_w4_sym / pack_w8: the layouts the GEMM kernels read.
+  pack_w3 / pack_w4 / pack_w8: the layouts the GEMM kernels read.
+  pack_w4_sym / pack_a4: 2 values -> 1 byte, "half-block paired" along K (blocks of 128:
+  byte j holds values j and j + 64 of its block), so GEMM tiles unpack without interleaving.
 """
 from __future__ import annotations
 
@@ -290,33 +292,87 @@ class PackedAsymWeight(NamedTuple):
 
 
 def pack_w3(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> PackedAsymWeight:
-    """W3A16 layout: qweight uint8 [N, 3K/8] (pack_int3 rows), scales fp16 [N, G], zeros uint8 [N, G]."""
-    return PackedAsymWeight(pack_int3(q), scale.to(torch.float16).contiguous(), zero.to(torch.uint8).contiguous())
+    """W3A16 layout (modaq.weight_only_layout): q uint8 [N, K] in [0, 7], scale [N, G], zero
+    uint8 [N, G] with G = K / group, group in (64, 128) -> qweight uint8 [Np, 3 Kp / 8],
+    scales fp16 and zeros uint8 [Np, Kp / group]; Np = N rounded up to 16, Kp = K rounded up to
+    256 (zero padded), bytes shuffled into mma fragment order within 16-row x 256-k tiles."""
+    from . import weight_only_layout
+    return PackedAsymWeight(*weight_only_layout.pack(3, q, scale, zero))
 
 
 def unpack_w3(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, n: int, k: int) -> AsymWeight:
-    """Inverse of pack_w3 for an [n, k] weight."""
-    return AsymWeight(unpack_int3(qweight).reshape(n, k), scales.reshape(n, -1), zeros.reshape(n, -1))
+    """Inverse of pack_w3 for an [n, k] weight (bit exact)."""
+    from . import weight_only_layout
+    return AsymWeight(*weight_only_layout.unpack(3, qweight, scales, zeros, n, k))
 
 
 def pack_w4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> PackedAsymWeight:
-    """W4A16 layout: qweight uint8 [N, K/2] (pack_uint4 rows), scales fp16 [N, G], zeros uint8 [N, G]."""
-    return PackedAsymWeight(pack_uint4(q), scale.to(torch.float16).contiguous(), zero.to(torch.uint8).contiguous())
+    """W4A16 layout (modaq.weight_only_layout): like pack_w3 with q in [0, 15] and qweight
+    uint8 [Np, Kp / 2] (4 bits per weight)."""
+    from . import weight_only_layout
+    return PackedAsymWeight(*weight_only_layout.pack(4, q, scale, zero))
 
 
 def unpack_w4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, n: int, k: int) -> AsymWeight:
-    """Inverse of pack_w4 for an [n, k] weight."""
-    return AsymWeight(unpack_uint4(qweight).reshape(n, k), scales.reshape(n, -1), zeros.reshape(n, -1))
+    """Inverse of pack_w4 for an [n, k] weight (bit exact)."""
+    from . import weight_only_layout
+    return AsymWeight(*weight_only_layout.unpack(4, qweight, scales, zeros, n, k))
+
+
+# 4-bit layout of the integer GEMMs (W4A8 / W4A4 weights, W4A4 activations): "half-block
+# pairing".  K is cut into blocks of PAIR_BLOCK = 128 values (the last block holds the
+# remaining L = K mod 128 values, L even); byte j of a block of length L holds value j in its
+# low nibble and value j + L/2 in its high nibble (two's complement).  A GEMM tile then
+# unpacks a packed [rows, 64] slice into two int8 tiles covering k0..k0+63 and k0+64..k0+127,
+# each matching a contiguous slice of an int8 activation row: no interleaving in registers.
+PAIR_BLOCK = 128
+
+
+def pair_indices(k: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) int64 [k/2]: packed byte j of a half-block-paired row of length k (even) holds
+    value lo[j] in its low nibble and value hi[j] in its high nibble."""
+    if k % 2:
+        raise ValueError(f"k: expected an even length for 4-bit packing, got {k}")
+    j = torch.arange(k // 2, device=device)
+    start = (j // (PAIR_BLOCK // 2)) * PAIR_BLOCK
+    half = torch.clamp(k - start, max=PAIR_BLOCK) // 2
+    pos = j - start // 2
+    return start + pos, start + half + pos
+
+
+def _pack_paired(q: torch.Tensor, check: bool, lo_min: int) -> torch.Tensor:
+    if q.dtype != torch.int8:
+        raise TypeError(f"q: expected int8, got {q.dtype}")
+    if q.dim() < 1 or q.shape[-1] % 2:
+        raise ValueError(f"q: last dim must be even for 4-bit packing, got shape {tuple(q.shape)}")
+    if check and bool(((q < lo_min) | (q > 7)).any()):  # check=False: no device sync
+        raise ValueError(f"q: 4-bit signed values must lie in [{lo_min}, 7]")
+    lo, hi = pair_indices(q.shape[-1], q.device)
+    u = (q & 0xF).to(torch.uint8)
+    return (u[..., lo] | (u[..., hi] << 4)).contiguous()
+
+
+def _unpack_paired(packed: torch.Tensor) -> torch.Tensor:
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"packed: expected uint8, got {packed.dtype}")
+    k = packed.shape[-1] * 2
+    lo, hi = pair_indices(k, packed.device)
+    nib = packed.view(torch.int8)
+    out = torch.empty(*packed.shape[:-1], k, dtype=torch.int8, device=packed.device)
+    out[..., lo] = (nib << 4) >> 4  # arithmetic shifts sign-extend the nibbles
+    out[..., hi] = nib >> 4
+    return out
 
 
 def pack_w4_sym(q: torch.Tensor) -> torch.Tensor:
-    """W4A8 / W4A4 weight layout: uint8 [N, K/2] two's-complement nibbles (pack_int4 rows)."""
-    return pack_int4(q)
+    """W4A8 / W4A4 weight layout: int8 [N, K] in [-7, 7] -> uint8 [N, K/2], rows half-block
+    paired (see PAIR_BLOCK above)."""
+    return _pack_paired(q, True, -8)
 
 
 def unpack_w4_sym(qweight: torch.Tensor, n: int, k: int) -> torch.Tensor:
     """Inverse of pack_w4_sym for an [n, k] weight."""
-    return unpack_int4(qweight).reshape(n, k)
+    return _unpack_paired(qweight.reshape(n, k // 2))
 
 
 def pack_w8(q: torch.Tensor) -> torch.Tensor:
@@ -332,12 +388,14 @@ def unpack_w8(qweight: torch.Tensor, n: int, k: int) -> torch.Tensor:
 
 
 def pack_a4(q: torch.Tensor, check: bool = True) -> torch.Tensor:
-    """int4 activations [M, K] -> uint8 [M, K/2] (pack_int4 rows); quantize_act writes this."""
-    return pack_int4(q, check)
+    """int4 activations int8 [M, K] -> uint8 [M, K/2], half-block paired like pack_w4_sym;
+    quantize_act (bits = 4) writes this layout."""
+    return _pack_paired(q, check, -8)
 
 
 def unpack_a4(packed: torch.Tensor) -> torch.Tensor:
-    return unpack_int4(packed)
+    """Inverse of pack_a4: uint8 [..., K/2] -> int8 [..., K]."""
+    return _unpack_paired(packed)
 
 
 def packed_shapes(fmt: str | QuantFormat, n: int, k: int, group_size: int | None = None
@@ -349,11 +407,8 @@ def packed_shapes(fmt: str | QuantFormat, n: int, k: int, group_size: int | None
     """
     fmt = get_format(fmt)
     if fmt.weight_only:
-        g = group_size or fmt.default_group_size
-        groups = (n, k // g)
-        q_shape = (n, k * 3 // 8) if fmt.weight_bits == 3 else (n, k // 2)
-        return {"qweight": (q_shape, torch.uint8), "scales": (groups, torch.float16),
-                "zeros": (groups, torch.uint8)}
+        from . import weight_only_layout
+        return weight_only_layout.packed_shapes(fmt.weight_bits, n, k, group_size or fmt.default_group_size)
     if fmt.weight_bits == 4:
         return {"qweight": ((n, k // 2), torch.uint8)}
     return {"qweight": ((n, k), torch.int8)}

@@ -5,6 +5,8 @@ available backend (CUDA `_C`, Triton, else the reference) on CUDA tensors; `back
 which.  All ops have fake impls, so they trace under torch.compile and capture in CUDA graphs.
 """
 from . import fast_activation  # noqa: F401  (registers fast backends)
+from . import fast_int_gemm  # noqa: F401  (registers fast backends)
+from . import fast_weight_only  # noqa: F401  (registers fast backends)
 from ._registry import backends
 from .activation import hadamard_transform, kron_transform, quantize_act
 from .int_gemm import w4a4_gemm, w4a8_gemm, w8a8_gemm

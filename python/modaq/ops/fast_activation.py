@@ -1,25 +1,82 @@
-"""CUDA (_C) backend of modaq::quantize_act."""
+"""CUDA (_C) backend of modaq::quantize_act: plain, randomized-Hadamard and Kronecker variants.
+
+All three are one pass over X (csrc/quantize_act.cu, csrc/quantize_act_transform.cu).  The
+transform kernels take their constant matrices pre-split into bf16 terms in mma fragment order
+(ops.mma_fragments): H_m once per (m, device), (P1, P2) once per pair of tensors and tensor
+version (recomputed with torch ops, on the current stream, when a factor is modified in place).
+Factors beyond the fused kernel's limits (Hadamard core > 176, Kronecker n1 > 288, or a token
+over 200 KB of fp32 in shared memory) run the reference.
+"""
 from __future__ import annotations
+
+import functools
+import weakref
 
 import torch
 
+from ..hadamard import hadamard_factors, hadamard_matrix
 from . import _cuda
+from .mma_fragments import a_fragments, b_fragments
 from ._registry import register_fast
 
-
-def _supported(x, smooth, hadamard_signs, kron_left) -> bool:
-    return x.dtype in (torch.float16, torch.bfloat16) and hadamard_signs is None and kron_left is None
+_TERMS = 3  # bf16 terms per split fp32 operand (must match kTerms in the kernel)
 
 
-@register_fast("quantize_act", "cuda (online transforms: reference)", _cuda.available)
+@functools.lru_cache(maxsize=None)
+def _hadamard_left(m: int, device: torch.device) -> torch.Tensor:
+    """A fragments of H_m^T (exact +-1: one bf16 term)."""
+    return a_fragments(hadamard_matrix(m, dtype=torch.float32).t().contiguous(), 1).to(device)
+
+
+_KRON_CACHE: dict[int, tuple] = {}  # id(left) -> (left ref, version, right ref, version, frags)
+
+
+def _kron_fragments(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A fragments of P1^T, B fragments of P2), cached while neither tensor changes."""
+    hit = _KRON_CACHE.get(id(left))
+    if hit is not None and hit[0]() is left and hit[1] == left._version and hit[2]() is right \
+            and hit[3] == right._version:
+        return hit[4]
+    if len(_KRON_CACHE) > 256:  # drop entries whose tensors are gone
+        for key in [k for k, v in _KRON_CACHE.items() if v[0]() is None or v[2]() is None]:
+            del _KRON_CACHE[key]
+    frags = (a_fragments(left.t(), _TERMS), b_fragments(right, _TERMS))
+    _KRON_CACHE[id(left)] = (weakref.ref(left), left._version, weakref.ref(right), right._version, frags)
+    return frags
+
+
+@functools.lru_cache(maxsize=None)
+def _fits(n1: int, n2: int, kron: bool) -> bool:
+    return bool(_cuda._C.transform_fits(n1, n2, kron))
+
+
+@register_fast("quantize_act", "cuda", _cuda.available)
 def quantize_act_cuda(x, bits, smooth, hadamard_signs, kron_left, kron_right):
-    if not _supported(x, smooth, hadamard_signs, kron_left):
-        from .reference import quantize_act
-        return quantize_act(x, bits, smooth, hadamard_signs, kron_left, kron_right)
+    from .reference import quantize_act as reference
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        return reference(x, bits, smooth, hadamard_signs, kron_left, kron_right)
     m, k = x.shape
+    if hadamard_signs is not None:
+        core, p = hadamard_factors(k)
+        if not _fits(core, p, False):
+            return reference(x, bits, smooth, hadamard_signs, kron_left, kron_right)
+    elif kron_left is not None and not _fits(kron_left.shape[0], kron_right.shape[0], True):
+        return reference(x, bits, smooth, hadamard_signs, kron_left, kron_right)
     q = torch.empty(m, k // 2 if bits == 4 else k, dtype=torch.uint8 if bits == 4 else torch.int8, device=x.device)
     scale = torch.empty(m, dtype=torch.float32, device=x.device)
+    if m == 0:
+        return q, scale
     dev, stream = _cuda.launch_args(x)
-    _cuda._C.quantize_act(_cuda.ptr(x), _cuda.ptr(smooth), _cuda.ptr(q), _cuda.ptr(scale),
-                          m, k, bits, _cuda.DTYPE_CODE[x.dtype], dev, stream)
+    common = (bits, _cuda.DTYPE_CODE[x.dtype], dev, stream)
+    ptr = _cuda.ptr
+    if hadamard_signs is not None:
+        left = _hadamard_left(core, x.device) if core > 1 else None
+        _cuda._C.quantize_act_hadamard(ptr(x), ptr(smooth), ptr(hadamard_signs), ptr(left), ptr(q),
+                                       ptr(scale), m, core, p, *common)
+    elif kron_left is not None:
+        left, right = _kron_fragments(kron_left, kron_right)
+        _cuda._C.quantize_act_kron(ptr(x), ptr(smooth), ptr(left), ptr(right), ptr(q), ptr(scale), m,
+                                   kron_left.shape[0], kron_right.shape[0], *common)
+    else:
+        _cuda._C.quantize_act(ptr(x), ptr(smooth), ptr(q), ptr(scale), m, k, *common)
     return q, scale

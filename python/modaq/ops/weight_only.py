@@ -5,8 +5,11 @@ fp32 accumulation, y in x.dtype.  Weights come in the layouts of formats.pack_w3
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
+from .. import weight_only_layout
 from . import _validate as v
 from . import reference
 from ._registry import define_op
@@ -32,13 +35,11 @@ def _check(bits, x, qweight, scales, zeros, out_features, group_size, bias):
     if k % group_size:
         raise ValueError(f"x: in_features K = {k} must be divisible by group_size = {group_size}")
     dev = x.device
-    v.tensor("qweight", qweight, (torch.uint8,), device=dev, contiguous=True)
-    v.numel("qweight", qweight, n * k * bits // 8, f"{bits}-bit packed [{n}, {k}]")
-    groups = n * (k // group_size)
-    v.tensor("scales", scales, (torch.float16,), device=dev, contiguous=True)
-    v.numel("scales", scales, groups, f"one per group of [{n}, {k}] / {group_size}")
-    v.tensor("zeros", zeros, (torch.uint8,), device=dev, contiguous=True)
-    v.numel("zeros", zeros, groups, f"one per group of [{n}, {k}] / {group_size}")
+    expected = weight_only_layout.packed_shapes(bits, n, k, group_size)  # pack_w3 / pack_w4 output
+    for name, t in (("qweight", qweight), ("scales", scales), ("zeros", zeros)):
+        shape, dtype = expected[name]
+        v.tensor(name, t, (dtype,), device=dev, contiguous=True)
+        v.numel(name, t, math.prod(shape), f"pack_w{bits} of [{n}, {k}] with group_size {group_size}")
     v.bias(bias, n, dev)
 
 

@@ -1,0 +1,205 @@
+"""Integer-GEMM and quantize_act benchmark (one device run, baselines measured in the same run).
+
+GEMM: modaq W8A8 / W4A8 / W4A4 (GEMM alone, and the whole quantized linear = quantize_act +
+GEMM) against torch FP16 F.linear, torch._int_mm (cuBLAS int8) and torch._scaled_mm (FP8
+e4m3, per-tensor scales) on the 7B shapes (K x N) and SigLIP's, M in {1, 16, 1024, 4096,
+16384}.  quantize_act: GB/s (bytes read + written) of the plain, Hadamard and Kronecker
+variants vs a measured device-to-device copy.
+
+Timing: every measurement is a CUDA graph of `inner` back-to-back calls (no launch / Python
+overhead), replayed `reps` times; the median replay / inner is reported.  When one call's
+operands fit in L2 (M <= 256) the calls rotate over enough weight copies to exceed it.
+
+    python benchmarks/bench_int_gemm.py [--quick] [--out benchmarks/results]
+writes int_gemm_<device>.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from modaq import formats, ops
+from modaq.hadamard import is_hadamard_size, kron_factors, random_signs
+
+SHAPES = [(3584, 3584), (3584, 4608), (3584, 18944), (18944, 3584), (4096, 4096), (4096, 14336),
+          (14336, 4096), (1152, 4304), (4304, 1152)]
+MS = [1, 16, 1024, 4096, 16384]  # 256 measured by the tests' shapes only (device-time budget)
+QUANT_KS = [1152, 3584, 4096, 4304, 14336, 18944]
+QUANT_MS = [1024, 4096, 16384]
+L2_BYTES = 50 << 20
+
+
+def time_graph(fn, n_sets: int, est_s: float, reps: int = 5) -> float:
+    """Median seconds per fn(i) call, from replays of a graph of `inner` calls (i rotating)."""
+    inner = int(min(100, max(2, 5e-3 / max(est_s, 1e-6))))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(min(n_sets, 3)):
+            fn(i)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(inner):
+            fn(i % n_sets)
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3 / inner)
+    del graph
+    return statistics.median(times)
+
+
+def copies(make, nbytes: int, m: int) -> list:
+    n = max(1, -(-2 * L2_BYTES // max(nbytes, 1))) if m <= 256 else 1
+    return [make() for _ in range(min(n, 48))]
+
+
+def gemm_row(k: int, n: int, m: int) -> dict:
+    dev = "cuda"
+    flops = 2.0 * m * n * k
+    est = max(flops / 600e12, n * k / 2e12)
+    x = torch.randn(m, k, dtype=torch.float16, device=dev)
+    w = torch.randn(n, k, device=dev)
+    q8, s8 = formats.quantize_weight_sym(w, 8)
+    q4, s4 = formats.quantize_weight_sym(w, 4)
+    w16s = copies(lambda: w.half(), n * k * 2, m)
+    w8s = copies(lambda: q8.clone(), n * k, m)
+    w4s = copies(lambda: formats.pack_w4_sym(q4), n * k // 2, m)
+    xq8, xs8 = ops.quantize_act(x, 8)
+    xq4, xs4 = ops.quantize_act(x, 4)
+    row = {"K": k, "N": n, "M": m}
+
+    def record(name, fn, n_sets):
+        try:
+            t = time_graph(fn, n_sets, est)
+            row[name] = {"us": t * 1e6, "tops": flops / t / 1e12}
+        except Exception as e:  # noqa: BLE001  (a baseline that does not support the shape)
+            row[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+
+    record("fp16_linear", lambda i: F.linear(x, w16s[i]), len(w16s))
+    if m > 16 and k % 8 == 0 and n % 8 == 0:
+        w8t = [t.t() for t in w8s]
+        record("int_mm", lambda i: torch._int_mm(xq8, w8t[i]), len(w8t))
+    x8 = x.to(torch.float8_e4m3fn)
+    wf8 = [t.to(torch.float8_e4m3fn).t() for t in w16s]
+    one = torch.ones((), device=dev)
+    record("fp8_scaled_mm", lambda i: torch._scaled_mm(x8, wf8[i], one, one, out_dtype=torch.float16), len(wf8))
+    record("w8a8_gemm", lambda i: ops.w8a8_gemm(xq8, xs8, w8s[i], s8), len(w8s))
+    record("w4a8_gemm", lambda i: ops.w4a8_gemm(xq8, xs8, w4s[i], s4), len(w4s))
+    record("w4a4_gemm", lambda i: ops.w4a4_gemm(xq4, xs4, w4s[i], s4), len(w4s))
+    record("w4a8_layer", lambda i: ops.w4a8_gemm(*ops.quantize_act(x, 8), w4s[i], s4), len(w4s))
+    record("w4a4_layer", lambda i: ops.w4a4_gemm(*ops.quantize_act(x, 4), w4s[i], s4), len(w4s))
+    if is_hadamard_size(k):
+        signs = random_signs(k, 0, device=dev)
+        record("w4a4_hadamard_layer",
+               lambda i: ops.w4a4_gemm(*ops.quantize_act(x, 4, hadamard_signs=signs), w4s[i], s4), len(w4s))
+    base = row["fp16_linear"].get("us")
+    for name, v in row.items():
+        if isinstance(v, dict) and "us" in v and base:
+            v["speedup_vs_fp16"] = base / v["us"]
+    return row
+
+
+def copy_bandwidth() -> float:
+    src = torch.randn(256 << 20, device="cuda")  # 1 GiB
+    dst = torch.empty_like(src)
+    t = time_graph(lambda i: dst.copy_(src), 1, 1e-3)
+    return 2 * src.numel() * 4 / t / 1e9
+
+
+def quant_row(k: int, m: int) -> dict:
+    x = torch.randn(m, k, dtype=torch.float16, device="cuda")
+    nbytes = m * k * 2 + m * k + m * 4  # read fp16, write int8 + scale
+    row = {"K": k, "M": m}
+    variants = {"plain": {}}
+    if is_hadamard_size(k):
+        variants["hadamard"] = {"hadamard_signs": random_signs(k, 0, device="cuda")}
+    n1, n2 = kron_factors(k, multiple_of=16)
+    variants[f"kron_{n1}x{n2}"] = {"kron_left": torch.randn(n1, n1, device="cuda"),
+                                   "kron_right": torch.randn(n2, n2, device="cuda")}
+    for name, kw in variants.items():
+        t = time_graph(lambda i: ops.quantize_act(x, 8, **kw), 1, nbytes / 2e12)
+        row[name] = {"us": t * 1e6, "gbps": nbytes / t / 1e9}
+    return row
+
+
+def fmt(v, key):
+    return f"{v[key]:.1f}" if isinstance(v, dict) and key in v else "n/a"
+
+
+def markdown(res: dict) -> str:
+    lines = [f"# int GEMM / quantize_act on {res['device']}", "",
+             f"torch {res['torch']}, triton {res['triton']}, {res['date']}; medians of CUDA-graph replays.", "",
+             "## GEMM (TOPS; `x` = speedup over FP16 F.linear in the same run)", "",
+             "| K x N | M | fp16 | int_mm | fp8 | w8a8 (x) | w4a8 (x) | w4a4 (x) | w4a8 layer (x) | w4a4 layer (x) | w4a4+had layer (x) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["gemm"]:
+        def sx(name):
+            v = r.get(name)
+            return f"{v['tops']:.0f} ({v['speedup_vs_fp16']:.2f}x)" if isinstance(v, dict) and "tops" in v else "n/a"
+        lines.append(f"| {r['K']}x{r['N']} | {r['M']} | " + " | ".join(
+            fmt(r.get(n), "tops") for n in ("fp16_linear", "int_mm", "fp8_scaled_mm")) + " | " + " | ".join(
+            sx(n) for n in ("w8a8_gemm", "w4a8_gemm", "w4a4_gemm", "w4a8_layer", "w4a4_layer", "w4a4_hadamard_layer")) + " |")
+    lines += ["", f"## quantize_act (int8 out), GB/s; copy bandwidth {res['copy_gbps']:.0f} GB/s", "",
+              "| K | M | variant | us | GB/s | % of copy |", "|---|---|---|---|---|---|"]
+    for r in res["quant"]:
+        for name, v in r.items():
+            if isinstance(v, dict):
+                lines.append(f"| {r['K']} | {r['M']} | {name} | {v['us']:.1f} | {v['gbps']:.0f} | "
+                             f"{100 * v['gbps'] / res['copy_gbps']:.0f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def save(res: dict, out: Path, final: bool) -> None:
+    from modaq.triton_kernels import int_gemm as tk
+    res["chosen_tiles"] = {str(k): v for k, v in tk._CHOSEN.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "int_gemm_" + res["device"].replace(" ", "_").replace("/", "_")
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    if final:
+        (out / f"{stem}.md").write_text(markdown(res))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer shapes / M (smoke run)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args()
+    import triton
+    torch.backends.cuda.matmul.allow_tf32 = False
+    out = Path(args.out)
+    dev_name = torch.cuda.get_device_name()
+    res = {"device": dev_name, "torch": torch.__version__, "triton": triton.__version__,
+           "date": datetime.datetime.now().isoformat(timespec="seconds"), "backends": ops.backends(),
+           "copy_gbps": copy_bandwidth(), "gemm": [], "quant": []}
+    print(f"{dev_name}: copy {res['copy_gbps']:.0f} GB/s", flush=True)
+    for k in (QUANT_KS[:3] if args.quick else QUANT_KS):
+        for m in QUANT_MS:
+            res["quant"].append(quant_row(k, m))
+            print(json.dumps(res["quant"][-1]), flush=True)
+    save(res, out, False)
+    for k, n in (SHAPES[:2] + SHAPES[-2:] if args.quick else SHAPES):
+        for m in MS:
+            res["gemm"].append(gemm_row(k, n, m))
+            print(json.dumps(res["gemm"][-1]), flush=True)
+            torch.cuda.empty_cache()
+        save(res, out, False)
+    save(res, out, True)
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+// Device helpers shared by the activation quantizers (quantize_act.cu, quantize_act_transform.cu):
+// the per-element quantizer, the half-block-paired int4 layout, 16-byte vector loads, and the
+// bf16 term splitting + mma.sync used by the online transforms.
+#pragma once
+
+#include "common.cuh"
+
+namespace modaq {
+
+// q = clamp(rint(v * inv), -qmax, qmax), NaN (NaN input or inf * 0) -> 0.  The same fp32
+// operations as modaq.formats.quantize_act_sym, so the result is bit-identical for equal v.
+__device__ __forceinline__ int quantize_one(float v, float inv, int qmax) {
+  float r = rintf(v * inv);
+  if (r != r) r = 0.f;
+  return static_cast<int>(fminf(fmaxf(r, -static_cast<float>(qmax)), static_cast<float>(qmax)));
+}
+
+// Reciprocal scale of a token: qmax / absmax, or 0 for an all-zero or non-finite token.
+__device__ __forceinline__ float inv_scale(float amax, bool nan, int qmax) {
+  return (amax > 0.f && !nan) ? static_cast<float>(qmax) / amax : 0.f;
+}
+
+__device__ __forceinline__ float token_scale(float amax, bool nan, int qmax) {
+  return nan ? __int_as_float(0x7fc00000) : amax / static_cast<float>(qmax);
+}
+
+// Half-block-paired int4 layout (modaq.formats.pair_indices): K is cut into blocks of 128
+// values, the last of length L = K mod 128; byte j of a block holds value j (low nibble)
+// and value j + L/2 (high nibble).  Returns the two row indices packed into byte j.
+__device__ __forceinline__ void paired_indices(int j, int K, int& lo, int& hi) {
+  const int start = (j >> 6) << 7;
+  const int len = min(128, K - start);
+  const int pos = j - (start >> 1);
+  lo = start + pos;
+  hi = start + (len >> 1) + pos;
+}
+
+__device__ __forceinline__ uint8_t pack_nibbles(int lo, int hi) {
+  return static_cast<uint8_t>((lo & 0xF) | ((hi & 0xF) << 4));
+}
+
+// 8 fp16 / bf16 values of one 16-byte vector as fp32.
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4& raw, float (&f)[8]) {
+  const T* h = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) f[j] = to_float(h[j]);
+}
+
+// Load 8 values at k (16-byte aligned), divided by smooth[k..k+7] when smooth != nullptr.
+template <typename T>
+__device__ __forceinline__ void smoothed8(const uint4& raw, const float* smooth, int64_t k, float (&f)[8]) {
+  unpack8<T>(raw, f);
+  if (smooth) {
+    const float4 s0 = __ldg(reinterpret_cast<const float4*>(smooth + k));
+    const float4 s1 = __ldg(reinterpret_cast<const float4*>(smooth + k) + 1);
+    f[0] = f[0] / s0.x; f[1] = f[1] / s0.y; f[2] = f[2] / s0.z; f[3] = f[3] / s0.w;
+    f[4] = f[4] / s1.x; f[5] = f[5] / s1.y; f[6] = f[6] / s1.z; f[7] = f[7] / s1.w;
+  }
+}
+
+// Quantize 8 values and pack them as 8 int8 bytes in a uint2 (little-endian: value 0 first).
+__device__ __forceinline__ uint2 quantize8(const float (&f)[8], float inv, int qmax) {
+  uint32_t w[2] = {0u, 0u};
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    w[j >> 2] |= (static_cast<uint32_t>(quantize_one(f[j], inv, qmax)) & 0xFFu) << (8 * (j & 3));
+  return make_uint2(w[0], w[1]);
+}
+
+// ------------------------------------------------------------------ tensor-core helpers
+// x = t0 + t1 + t2 with each term a bf16 (8 significant bits each: the sum carries 24 bits,
+// i.e. fp32 precision for normal numbers).  Products of an exact operand with the three
+// terms, or the six term pairs (i + j <= 2) of two split operands, accumulated in fp32 on
+// the tensor cores, reproduce the fp32 product to ~2^-24 relative.
+template <int TERMS>
+__device__ __forceinline__ void split_bf16(float x, uint16_t (&t)[TERMS]) {
+  float r = x;
+#pragma unroll
+  for (int i = 0; i < TERMS; ++i) {
+    const __nv_bfloat16 b = __float2bfloat16_rn(r);
+    t[i] = __bfloat16_as_ushort(b);
+    r = r - __bfloat162float(b);
+  }
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(uint16_t lo, uint16_t hi) {
+  return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+}
+
+// D += A (16x16 bf16, row) * B (16x8 bf16, col), fp32 accumulate.
+// Fragments (g = lane / 4, c = lane % 4): a = {A[g][2c..], A[g+8][2c..], A[g][2c+8..],
+// A[g+8][2c+8..]}, b = {B[2c..][g], B[2c+8..][g]}, d = {C[g][2c], C[g][2c+1], C[g+8][2c],
+// C[g+8][2c+1]}; each 32-bit register holds two bf16, the lower index in the low half.
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+}  // namespace modaq

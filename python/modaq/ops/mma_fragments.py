@@ -1,0 +1,73 @@
+"""Constant matrices in mma.sync m16n8k16 (bf16) fragment order, for the fused transform kernels.
+
+An fp32 matrix is split into `terms` bf16 matrices whose sum reproduces it (3 terms carry the
+24 bits of an fp32 significand; +-1 matrices need 1), zero-padded to whole 16 x 16 (A) or
+16 x 8 (B) tiles, and each lane's registers are laid out contiguously so a warp loads one
+fragment with one coalesced 16-byte (A) or 8-byte (B) access per lane:
+
+  A [rows, k]: int32 [rows/16][k/16][terms][32 lanes][4 regs]
+      lane = 4 g + c holds A[g][2c:2c+2], A[g+8][2c:2c+2], A[g][2c+8:2c+10], A[g+8][2c+8:2c+10]
+  B [k, n]:    int32 [n/8][k/16][terms][32 lanes][2 regs]
+      lane = 4 g + c holds B[2c:2c+2][g], B[2c+8:2c+10][g]
+
+each register holding two bf16, the lower k (A: lower column) in the low 16 bits.  These are
+the PTX ISA fragment layouts of mma.m16n8k16 .row.col with .bf16 operands.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def split_bf16(x: torch.Tensor, terms: int) -> list[torch.Tensor]:
+    """x (fp32) -> [t0, t1, ...] bf16 with sum(t.float()) ~= x (each term rounds the residual)."""
+    out, r = [], x.float()
+    for _ in range(terms):
+        t = r.to(torch.bfloat16)
+        out.append(t)
+        r = r - t.float()
+    return out
+
+
+def _pad(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    out = x.new_zeros(rows, cols, dtype=torch.float32)
+    out[: x.shape[0], : x.shape[1]] = x
+    return out
+
+
+def _as_regs(frags: torch.Tensor) -> torch.Tensor:
+    """[..., regs, 2] bf16 -> [..., regs] int32 (element 0 in the low half, little-endian)."""
+    return frags.contiguous().view(torch.int16).view(torch.int32).squeeze(-1)
+
+
+def a_fragments(a: torch.Tensor, terms: int) -> torch.Tensor:
+    """A operand [rows, k] (fp32) -> int32 [rows/16, k/16, terms, 32, 4] (padded to 16s)."""
+    rows, k = a.shape
+    rt, ks = -(-rows // 16), -(-k // 16)
+    lane = torch.arange(32, device=a.device)
+    g, c = (lane // 4)[:, None, None], (lane % 4)[:, None, None]
+    reg = torch.arange(4, device=a.device)[None, :, None]
+    half = torch.arange(2, device=a.device)[None, None, :]
+    row_idx = (g + 8 * (reg % 2)).expand(32, 4, 2)
+    col_idx = 2 * c + 8 * (reg // 2) + half
+    parts = []
+    for t in split_bf16(_pad(a, rt * 16, ks * 16), terms):
+        tiles = t.reshape(rt, 16, ks, 16).permute(0, 2, 1, 3)  # [rt, ks, 16, 16]
+        parts.append(tiles[:, :, row_idx, col_idx])  # [rt, ks, 32, 4, 2]
+    return _as_regs(torch.stack(parts, dim=2))
+
+
+def b_fragments(b: torch.Tensor, terms: int) -> torch.Tensor:
+    """B operand [k, n] (fp32) -> int32 [n/8, k/16, terms, 32, 2] (padded to 16 x 8 tiles)."""
+    k, n = b.shape
+    ks, nt = -(-k // 16), -(-n // 8)
+    lane = torch.arange(32, device=b.device)
+    g, c = (lane // 4)[:, None, None], (lane % 4)[:, None, None]
+    reg = torch.arange(2, device=b.device)[None, :, None]
+    half = torch.arange(2, device=b.device)[None, None, :]
+    k_idx = 2 * c + 8 * reg + half
+    n_idx = g.expand(32, 2, 2)
+    parts = []
+    for t in split_bf16(_pad(b, ks * 16, nt * 8), terms):
+        tiles = t.reshape(ks, 16, nt, 8).permute(2, 0, 1, 3)  # [nt, ks, 16, 8]
+        parts.append(tiles[:, :, k_idx, n_idx])  # [nt, ks, 32, 2, 2]
+    return _as_regs(torch.stack(parts, dim=2))

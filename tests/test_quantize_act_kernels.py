@@ -1,0 +1,192 @@
+"""quantize_act kernels (plain, randomized Hadamard, Kronecker) against the fp32 CPU reference.
+
+CPU: the mma fragment layouts of the transform operands decode (with the PTX ISA's own
+index formulas) back to the matrices.  GPU: the _C kernels on many shapes, both dtypes, both
+bit widths, with smoothing, outlier channels, zero rows, NaN rows and poisoned outputs.
+"""
+import pytest
+import torch
+
+from modaq import formats as F
+from modaq import ops
+from modaq.hadamard import SUPPORTED_M, random_signs
+from modaq.ops import mma_fragments as mf
+from modaq.ops import reference as R
+
+DTYPES = [torch.float16, torch.bfloat16]
+
+
+# ------------------------------------------------------------------ CPU: fragment layouts
+
+def _decode_a(frags: torch.Tensor) -> torch.Tensor:
+    """int32 [rt, ks, terms, 32, 4] -> fp32 [16 rt, 16 ks] (sum of terms), PTX m16n8k16 A."""
+    rt, ks, terms = frags.shape[:3]
+    halves = frags.contiguous().view(torch.bfloat16).float()  # [rt, ks, terms, 32, 8]
+    out = torch.zeros(rt * 16, ks * 16)
+    for lane in range(32):
+        g, c = lane // 4, lane % 4
+        for i in range(8):  # a0..a7
+            row = g if (i < 2 or 4 <= i < 6) else g + 8
+            col = 2 * c + (i & 1) + (8 if i >= 4 else 0)
+            for r in range(rt):
+                for s in range(ks):
+                    out[r * 16 + row, s * 16 + col] += halves[r, s, :, lane, i].sum()
+    return out
+
+
+def _decode_b(frags: torch.Tensor) -> torch.Tensor:
+    """int32 [nt, ks, terms, 32, 2] -> fp32 [16 ks, 8 nt], PTX m16n8k16 B."""
+    nt, ks, terms = frags.shape[:3]
+    halves = frags.contiguous().view(torch.bfloat16).float()  # [nt, ks, terms, 32, 4]
+    out = torch.zeros(ks * 16, nt * 8)
+    for lane in range(32):
+        g, c = lane // 4, lane % 4
+        for i in range(4):  # b0..b3
+            row = 2 * c + (i & 1) + (8 if i >= 2 else 0)
+            for n in range(nt):
+                for s in range(ks):
+                    out[s * 16 + row, n * 8 + g] += halves[n, s, :, lane, i].sum()
+    return out
+
+
+@pytest.mark.parametrize("rows,k", [(16, 16), (28, 28), (37, 20)])
+def test_a_fragments_decode_to_the_matrix(rows, k):
+    a = torch.randn(rows, k)
+    frags = mf.a_fragments(a, 3)
+    assert frags.dtype == torch.int32 and frags.shape == (-(-rows // 16), -(-k // 16), 3, 32, 4)
+    dec = _decode_a(frags)
+    assert torch.allclose(dec[:rows, :k], a, rtol=1e-6, atol=0)
+    assert float(dec[rows:].abs().sum() + dec[:, k:].abs().sum()) == 0.0  # zero padding
+
+
+@pytest.mark.parametrize("k,n", [(16, 8), (16, 16), (20, 13)])
+def test_b_fragments_decode_to_the_matrix(k, n):
+    b = torch.randn(k, n)
+    frags = mf.b_fragments(b, 3)
+    assert frags.shape == (-(-n // 8), -(-k // 16), 3, 32, 2)
+    dec = _decode_b(frags)
+    assert torch.allclose(dec[:k, :n], b, rtol=1e-6, atol=0)
+
+
+def test_three_bf16_terms_carry_fp32_precision():
+    x = torch.randn(4096) * torch.logspace(-6, 6, 4096)
+    t = mf.split_bf16(x, 3)
+    back = sum(p.double() for p in t)
+    assert float(((back - x.double()).abs() / x.double().abs()).max()) < 2 ** -22
+    assert torch.equal(mf.split_bf16(torch.tensor([1.0, -1.0]), 1)[0].float(), torch.tensor([1.0, -1.0]))
+
+
+# --------------------------------------------------------------------------- GPU tests
+
+def _inputs(m, k, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g)
+    x[:, torch.randperm(k, generator=g)[:3]] *= 100.0  # outlier channels
+    if m > 2:
+        x[1] = 0.0  # a zero row
+    return x.to(dtype)
+
+
+def _compare(x, bits, kw, exact, max_flip=1e-3):
+    """CUDA op vs CPU reference on the same inputs; poisoned allocator memory catches holes."""
+    junk = torch.full((32 << 20,), 0x7F, dtype=torch.uint8, device="cuda")
+    del junk
+    q, s = ops.quantize_act(x.cuda(), bits, **{a: t.cuda() for a, t in kw.items()})
+    q_ref, s_ref = R.quantize_act(x, bits, **kw)
+    q, s = q.cpu(), s.cpu()
+    assert q.dtype == q_ref.dtype and q.shape == q_ref.shape
+    unpack = F.unpack_a4 if bits == 4 else (lambda t: t)
+    diff = (unpack(q).int() - unpack(q_ref).int()).abs()
+    if exact:
+        assert torch.equal(s, s_ref) and int(diff.max()) == 0
+    else:
+        assert torch.allclose(s, s_ref, rtol=1e-5, atol=0), float(((s - s_ref).abs() / s_ref.clamp_min(1e-30)).max())
+        assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < max_flip
+    return q, s
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k", [(1, 8), (3, 200), (5, 130), (37, 1152), (9, 3584), (4, 4304), (2, 18944), (3, 40000)])
+def test_plain_is_bit_exact(bits, dtype, m, k):
+    x = _inputs(m, k, dtype)
+    _compare(x, bits, {}, exact=True)
+    _compare(x, bits, {"smooth": torch.rand(k) + 0.5}, exact=True)
+
+
+@pytest.mark.gpu
+def test_plain_odd_k_and_unaligned_input():
+    x = _inputs(6, 7, torch.float16)
+    _compare(x, 8, {}, exact=True)
+    x = _inputs(4, 256, torch.bfloat16)
+    storage = torch.empty(x.numel() + 1, dtype=x.dtype, device="cuda")
+    unaligned = storage[1:].view(4, 256)  # contiguous, but 2 bytes off a 16-byte boundary
+    unaligned.copy_(x)
+    for bits in (8, 4):
+        q, s = ops.quantize_act(unaligned, bits)
+        q_ref, s_ref = R.quantize_act(x, bits)
+        assert torch.equal(q.cpu(), q_ref) and torch.equal(s.cpu(), s_ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("core", SUPPORTED_M)
+def test_hadamard_every_core(bits, core):
+    for p, dtype in ((16, torch.float16), (128, torch.bfloat16), (2, torch.float16)):
+        k = core * p
+        x = _inputs(5, k, dtype, seed=core + p)
+        _compare(x, bits, {"hadamard_signs": random_signs(k, seed=p)}, exact=core == 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [64, 4096, 3584, 14336, 18944, 1152])
+def test_hadamard_model_sizes(dtype, k):
+    x = _inputs(17, k, dtype, seed=k)
+    kw = {"hadamard_signs": random_signs(k, seed=1), "smooth": torch.rand(k) + 0.5}
+    _compare(x, 8, kw, exact=False, max_flip=1e-4)
+    _compare(x, 4, kw, exact=False, max_flip=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n1,n2", [(28, 16), (148, 128), (269, 16), (16, 269), (7, 9), (1, 64), (64, 64), (3, 1)])
+def test_kron_factorizations(bits, dtype, n1, n2):
+    k = n1 * n2
+    if bits == 4 and k % 2:
+        pytest.skip("4-bit needs even K")
+    x = _inputs(11, k, dtype, seed=n1 * 7 + n2)
+    g = torch.Generator().manual_seed(n1 + n2)
+    kw = {"kron_left": torch.randn(n1, n1, generator=g), "kron_right": torch.randn(n2, n2, generator=g)}
+    _compare(x, bits, kw, exact=False)
+    kw["smooth"] = torch.rand(k, generator=g) + 0.5
+    _compare(x, bits, kw, exact=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("transform", [None, "hadamard", "kron"])
+def test_nan_and_zero_rows(transform):
+    k = 28 * 128
+    x = _inputs(6, k, torch.float16)
+    x[2, 77] = float("nan")
+    kw = {}
+    if transform == "hadamard":
+        kw["hadamard_signs"] = random_signs(k, seed=3).cuda()
+    elif transform == "kron":
+        kw["kron_left"], kw["kron_right"] = torch.randn(28, 28).cuda(), torch.randn(128, 128).cuda()
+    q, s = ops.quantize_act(x.cuda(), 8, **kw)
+    assert bool(torch.isnan(s[2])) and bool(torch.isfinite(s[[0, 1, 3, 4, 5]]).all())
+    assert float(s[1]) == 0.0 and int(q[1].abs().max()) == 0
+
+
+@pytest.mark.gpu
+def test_kron_fragments_follow_in_place_updates():
+    k1, k2 = 12, 32
+    left, right = torch.randn(k1, k1).cuda(), torch.randn(k2, k2).cuda()
+    x = torch.randn(4, k1 * k2, dtype=torch.float16).cuda()
+    _, s1 = ops.quantize_act(x, 8, kron_left=left, kron_right=right)
+    right.mul_(2.0)  # new version: cached fragments must be rebuilt
+    _, s2 = ops.quantize_act(x, 8, kron_left=left, kron_right=right)
+    assert torch.allclose(s2, 2 * s1, rtol=1e-5)
