@@ -11,12 +11,7 @@ from modaq.calib.tiny import tiny_vlm
 from modaq.nn import QuantLinear
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _quantized(family, config):

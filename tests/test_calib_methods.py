@@ -16,12 +16,7 @@ from modaq.nn import QUANT_LINEARS
 K, N = 256, 96
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _correlated_inputs(t: int, gen: torch.Generator) -> torch.Tensor:
