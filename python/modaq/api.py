@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__
 from .calib import QuantConfig, calibrate, get_adapter, load_calibration
 from .calib.config import COMPONENTS
-from .calib.data import CalibSample
+from .calib.data import CalibSample, read_json
 from .calib.report import CalibrationResult, kl_text_positions
 from .nn import QuantLinear, from_config
 
@@ -160,11 +160,7 @@ def read_quant_config(directory: str | os.PathLike) -> dict:
     path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"directory: {directory} holds no {CONFIG_NAME}; not a modaq save_quantized output")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path, "directory")
 
 
 def load_quantized(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:

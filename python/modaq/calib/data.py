@@ -93,7 +93,8 @@ def synthetic_pairs(n: int, seed: int = 0, min_size: int = 56, max_size: int = 2
     return pairs
 
 
-def _read_json(path: str, what: str):
+def read_json(path: str, what: str):
+    """Parsed JSON file; errors name `what` and the path."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what}: file not found: {path}")
     try:
@@ -124,7 +125,7 @@ def _check_dir(image_dir: str) -> None:
 def coco_pairs(annotations: str, image_dir: str) -> list[Pair]:
     """COCO captions: {"images": [{id, file_name}], "annotations": [{image_id, caption}]};
     the first caption of each image."""
-    data = _read_json(annotations, "annotations")
+    data = read_json(annotations, "annotations")
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise ValueError(f"annotations: {annotations} must be a COCO captions JSON with 'images' and 'annotations'")
     _check_dir(image_dir)
@@ -139,7 +140,7 @@ def coco_pairs(annotations: str, image_dir: str) -> list[Pair]:
 def sharegpt4v_pairs(path: str, image_dir: str) -> list[Pair]:
     """ShareGPT4V: [{"image": rel_path, "conversations": [{"from": "human", "value": "<image>\\n..."},
     {"from": "gpt", "value": caption}, ...]}]; the first human / gpt exchange of each entry."""
-    data = _read_json(path, "sharegpt4v")
+    data = read_json(path, "sharegpt4v")
     if not isinstance(data, list):
         raise ValueError(f"sharegpt4v: {path} must hold a JSON list of conversations")
     _check_dir(image_dir)
