@@ -163,11 +163,11 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(res: dict, out: Path, final: bool) -> None:
+def save(res: dict, out: Path, final: bool, tag: str = "") -> None:
     from modaq.triton_kernels import int_gemm as tk
     res["chosen_tiles"] = {str(k): v for k, v in tk._CHOSEN.items()}
     out.mkdir(parents=True, exist_ok=True)
-    stem = "int_gemm_" + res["device"].replace(" ", "_").replace("/", "_")
+    stem = "int_gemm_" + res["device"].replace(" ", "_").replace("/", "_") + (f"_{tag}" if tag else "")
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
     if final:
         (out / f"{stem}.md").write_text(markdown(res))
@@ -177,6 +177,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer shapes / M (smoke run)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--ms", type=lambda v: [int(m) for m in v.split(",")], default=MS,
+                    help="comma-separated M values of the GEMM table")
+    ap.add_argument("--no-quant", action="store_true", help="skip the quantize_act table")
+    ap.add_argument("--tag", default="", help="suffix of the result file names (partial re-runs)")
     args = ap.parse_args()
     import triton
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -186,18 +190,18 @@ def main():
            "date": datetime.datetime.now().isoformat(timespec="seconds"), "backends": ops.backends(),
            "copy_gbps": copy_bandwidth(), "gemm": [], "quant": []}
     print(f"{dev_name}: copy {res['copy_gbps']:.0f} GB/s", flush=True)
-    for k in (QUANT_KS[:3] if args.quick else QUANT_KS):
+    for k in ([] if args.no_quant else QUANT_KS[:3] if args.quick else QUANT_KS):
         for m in QUANT_MS:
             res["quant"].append(quant_row(k, m))
             print(json.dumps(res["quant"][-1]), flush=True)
-    save(res, out, False)
+    save(res, out, False, args.tag)
     for k, n in (SHAPES[:2] + SHAPES[-2:] if args.quick else SHAPES):
-        for m in MS:
+        for m in args.ms:
             res["gemm"].append(gemm_row(k, n, m))
             print(json.dumps(res["gemm"][-1]), flush=True)
             torch.cuda.empty_cache()
-        save(res, out, False)
-    save(res, out, True)
+        save(res, out, False, args.tag)
+    save(res, out, True, args.tag)
     print(markdown(res))
 
 

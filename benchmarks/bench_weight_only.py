@@ -4,7 +4,8 @@ Per shape (K x N) and M, in one process on one device: torch F.linear in fp16 (c
 torch._weight_int4pack_mm (tinygemm, bf16), and modaq's w3a16 / w4a16 ops (fp16; W4 also
 bf16 for the like-for-like int4 comparison), plus the prefill candidates the op chooses
 between (Triton fused, GEMV in 16-row launches, dequantize + cuBLAS whole or in L2-sized row
-chunks) and a sweep of the GEMV's cluster K split.
+chunks), the two GEMV kernels forced at M <= 16 (the data behind the op's choice between them)
+and a sweep of the shared-memory GEMV's cluster K split.
 
 Timing: each measurement captures R calls in one CUDA graph, each call reading its own copy
 of the weights (R copies span > 2.5x the L2, so no call finds its weights in L2), replays it
@@ -14,6 +15,7 @@ device-to-device copy bandwidth measured in the same run.
 
     python benchmarks/bench_weight_only.py            # full run -> benchmarks/results/
     python benchmarks/bench_weight_only.py --dry-run  # CPU, tiny shapes: checks the script only
+    python benchmarks/bench_weight_only.py --ms 1,2,4,8,16,1024 --skip-candidates  # decode focus (~1 min)
 """
 from __future__ import annotations
 
@@ -147,7 +149,8 @@ def int4pack_check(setup: ShapeSetup) -> float:
     return ((y.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
-def measure_shape(setup: ShapeSetup, timer: Timer, ms: list[int], copy_bw: float) -> list[dict]:
+def measure_shape(setup: ShapeSetup, timer: Timer, ms: list[int], copy_bw: float, candidates: bool = True,
+                  kernels: bool = True) -> list[dict]:
     rows = []
     k, n = setup.k, setup.n
     for m in ms:
@@ -176,9 +179,11 @@ def measure_shape(setup: ShapeSetup, timer: Timer, ms: list[int], copy_bw: float
             record(f"w{bits}", [lambda p=p: op(x16, *p, n, GROUP) for p in setup.packed[bits]], wb)
             if bits == 4 and m <= 16:
                 record("w4_bf16", [lambda p=p: op(xbf, *p, n, GROUP) for p in setup.packed[4]], wb)
-            for cand in CANDIDATES.get(m, ()) if setup.device != "cpu" else ():
+            for cand in CANDIDATES.get(m, ()) if setup.device != "cpu" and candidates else ():
                 fn = candidate(cand, bits, x16, n)
                 record(f"w{bits}_{cand}", [lambda p=p, fn=fn: fn(p) for p in setup.packed[bits]], wb)
+        if m <= fwo.GEMV_MAX_M and kernels and setup.device != "cpu":
+            measure_kernels(setup, row, record, x16, xbf)
         for name in ("w3", "w4"):
             row[f"{name}_speedup_vs_fp16"] = row["fp16_us"] / row[f"{name}_us"]
         if "int4pack_us" in row:
@@ -186,6 +191,20 @@ def measure_shape(setup: ShapeSetup, timer: Timer, ms: list[int], copy_bw: float
         rows.append(row)
         print(fmt_row(row), flush=True)
     return rows
+
+
+def measure_kernels(setup: ShapeSetup, row: dict, record, x16, xbf) -> None:
+    """Both GEMV kernels forced (1 = shared-memory pipelined, 2 = register pipelined), same run:
+    the data behind the op's automatic choice (csrc/weight_only_gemv_launch.cuh)."""
+    n = setup.n
+    for kernel in (1, 2):
+        for bits in (3, 4):
+            p0, wb = setup.packed[bits], nbytes(*setup.packed[bits][0])
+            record(f"w{bits}_k{kernel}", [lambda p=p: fwo.run_gemv(bits, x16, *p, n, GROUP, kernel=kernel)
+                                          for p in p0], wb)
+            if bits == 4:
+                record(f"w4_bf16_k{kernel}", [lambda p=p: fwo.run_gemv(4, xbf, *p, n, GROUP, kernel=kernel)
+                                              for p in p0], wb)
 
 
 def safe_time(timer: Timer, calls: list) -> float:
@@ -208,13 +227,13 @@ def candidate(name: str, bits: int, x: torch.Tensor, n: int):
 
 
 def split_sweep(setup: ShapeSetup, timer: Timer, copy_bw: float) -> list[dict]:
-    """GEMV time at M = 1 for forced cluster K splits (0 = the heuristic)."""
+    """Shared-memory GEMV time at M = 1 for forced cluster K splits (0 = the heuristic)."""
     out = []
     x = torch.randn(1, setup.k, device=setup.device).half()
-    for bits in (3,):
+    for bits in (3, 4):
         wb = nbytes(*setup.packed[bits][0])
-        for splits in (0, 1, 2, 4, 8):
-            us = safe_time(timer, [lambda p=p: fwo.run_gemv(bits, x, *p, setup.n, GROUP, splits=splits)
+        for splits in (0, 1, 2, 3, 4, 8):
+            us = safe_time(timer, [lambda p=p: fwo.run_gemv(bits, x, *p, setup.n, GROUP, splits=splits, kernel=1)
                                    for p in setup.packed[bits]])
             out.append({"K": setup.k, "N": setup.n, "bits": bits, "splits": splits, "us": us,
                         "frac_copy_bw": (wb + 2 * (setup.k + setup.n)) / us / 1e3 / copy_bw})
@@ -292,10 +311,13 @@ def markdown(meta: dict, rows: list[dict], targets: list[dict], splits: list[dic
                      f"{f('w3_frac_copy_bw', '{:.0f}%', 100)} | {f('w3_speedup_vs_fp16', '{:.2f}')} | {f('w4_us')} | "
                      f"{f('w4_frac_copy_bw', '{:.0f}%', 100)} | {f('w4_speedup_vs_fp16', '{:.2f}')} | "
                      f"{f('w4_bf16_us')} | {f('w4_speedup_vs_int4pack', '{:.2f}')} |")
-    lines += ["", "## Prefill candidates (us)", "",
-              "triton = Triton fused dequant-GEMM; gemv = fused GEMV in 16-row launches; dq_full = dequantize "
-              "all of W then cuBLAS; dq_<n>mb = dequantize + cuBLAS in row chunks of n MB (one reused buffer).", ""]
-    for m, names in CANDIDATES.items():
+    measured = {m: names for m, names in CANDIDATES.items()
+                if any(f"w{b}_{c}_us" in r for r in rows if r["M"] == m for b in (3, 4) for c in names)}
+    if measured:  # not with --skip-candidates
+        lines += ["", "## Prefill candidates (us)", "",
+                  "triton = Triton fused dequant-GEMM; gemv = fused GEMV in 16-row launches; dq_full = dequantize "
+                  "all of W then cuBLAS; dq_<n>mb = dequantize + cuBLAS in row chunks of n MB (one reused buffer).", ""]
+    for m, names in measured.items():
         lines += [f"M = {m}:", "", "| K x N | fp16 | " + " | ".join(f"W{b} {c}" for b in (3, 4) for c in names) + " |",
                   "|---|---|" + "---|" * (2 * len(names))]
         for r in rows:
@@ -304,6 +326,7 @@ def markdown(meta: dict, rows: list[dict], targets: list[dict], splits: list[dic
                 lines.append(f"| {r['K']}x{r['N']} | {r['fp16_us']:.1f} | "
                              + " | ".join("-" if c is None else f"{c:.1f}" for c in cells) + " |")
         lines.append("")
+    lines += kernel_table(rows)
     lines += ["", "## GEMV cluster K split, M = 1 (splits 0 = heuristic)", "", "| K x N | bits | splits | us | %bw |",
               "|---|---|---|---|---|"]
     lines += [f"| {s['K']}x{s['N']} | {s['bits']} | {s['splits']} | {s['us']:.2f} | {100 * s['frac_copy_bw']:.0f}% |"
@@ -311,11 +334,34 @@ def markdown(meta: dict, rows: list[dict], targets: list[dict], splits: list[dic
     return "\n".join(lines) + "\n"
 
 
+def kernel_table(rows: list[dict]) -> list[str]:
+    """Same-run times of both GEMV kernels forced, next to the op's automatic choice (us)."""
+    keys = [("w3", "W3"), ("w4", "W4"), ("w4_bf16", "W4 bf16")]
+    if not any(f"{k}_k1_us" in r for r in rows for k, _ in keys):
+        return []
+    lines = ["", "## GEMV kernels, forced (us): op = automatic choice, k1 = shared-memory pipelined, "
+             "k2 = register pipelined", "",
+             "| K x N | M | " + " | ".join(f"{h} op | {h} k1 | {h} k2" for _, h in keys) + " |",
+             "|---|---|" + "---|" * (3 * len(keys))]
+    for r in rows:
+        if r["M"] > 16:
+            continue
+        cells = [r.get(f"{k}{suffix}_us") for k, _ in keys for suffix in ("", "_k1", "_k2")]
+        lines.append(f"| {r['K']}x{r['N']} | {r['M']} | "
+                     + " | ".join("-" if c is None else f"{c:.1f}" for c in cells) + " |")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, host timer: checks the script")
     ap.add_argument("--replays", type=int, default=15)
     ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    ap.add_argument("--ms", type=lambda v: [int(m) for m in v.split(",")], default=None,
+                    help="comma-separated M values (default: %s)" % ",".join(map(str, MS)))
+    ap.add_argument("--skip-candidates", action="store_true", help="do not time the prefill candidates")
+    ap.add_argument("--skip-split-sweep", action="store_true", help="do not sweep the GEMV cluster split")
+    ap.add_argument("--skip-kernels", action="store_true", help="do not time the two GEMV kernels forced")
     args = ap.parse_args()
     device = "cpu" if args.dry_run else "cuda"
     torch.manual_seed(0)
@@ -323,7 +369,7 @@ def main():
         shapes, ms, name, l2 = [(256, 80), (384, 48)], [1, 3, 64], "cpu-dry-run", 0
     else:
         props = torch.cuda.get_device_properties(0)
-        shapes, ms, name, l2 = SHAPES, MS, props.name, props.L2_cache_size
+        shapes, ms, name, l2 = SHAPES, args.ms or MS, props.name, props.L2_cache_size
         print(f"backends: {ops.backends()}")
     timer = Timer(device, l2, args.replays)
     copy_bw = copy_bandwidth_gbps(device)
@@ -331,7 +377,8 @@ def main():
     meta = {"device": name, "torch": torch.__version__, "triton": triton.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "copy_bandwidth_GBps": copy_bw, "l2_bytes": l2, "replays": args.replays, "group_size": GROUP,
-            "crossovers": {"gemv_max_m": fwo.GEMV_MAX_M, "dequant_chunk_bytes": fwo.DEQUANT_CHUNK_BYTES}}
+            "crossovers": {"gemv_max_m": fwo.GEMV_MAX_M, "dequant_chunk_bytes": fwo.DEQUANT_CHUNK_BYTES},
+            "ms": ms}
     print(f"{name}: copy bandwidth {copy_bw:.0f} GB/s", flush=True)
     rows, splits, checks = [], [], {}
     for k, n in shapes:
@@ -340,8 +387,8 @@ def main():
             checks[f"int4pack_rel_err_{k}x{n}"] = int4pack_check(setup)
         if setup.int4pack_error:
             checks[f"int4pack_error_{k}x{n}"] = setup.int4pack_error
-        rows += measure_shape(setup, timer, ms, copy_bw)
-        if not args.dry_run and (k, n) in BIG_SHAPES:
+        rows += measure_shape(setup, timer, ms, copy_bw, not args.skip_candidates, not args.skip_kernels)
+        if not args.dry_run and not args.skip_split_sweep and (k, n) in BIG_SHAPES:
             splits += split_sweep(setup, timer, copy_bw)
         del setup
         if device == "cuda":

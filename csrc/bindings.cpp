@@ -24,7 +24,8 @@ void quantize_act_kron(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t l
 // --- weight-only W3A16 / W4A16 (csrc/weight_only_gemv.cu, csrc/weight_only_dequant.cu)
 void weight_only_gemv(std::uintptr_t x, std::uintptr_t qweight, std::uintptr_t scales, std::uintptr_t zeros,
                       std::uintptr_t bias, int bias_dtype, std::uintptr_t y, int64_t M, int64_t N, int64_t K,
-                      int bits, int group_size, int dtype, int splits, int device, std::uintptr_t stream);
+                      int bits, int group_size, int dtype, int splits, int device, std::uintptr_t stream,
+                      int kernel);
 void weight_only_dequant(std::uintptr_t qweight, std::uintptr_t scales, std::uintptr_t zeros, std::uintptr_t w,
                          int64_t N, int64_t K, int bits, int group_size, int dtype, int device,
                          std::uintptr_t stream);
@@ -52,11 +53,13 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("n2"), pybind11::arg("bits"), pybind11::arg("dtype"), pybind11::arg("device"),
         pybind11::arg("stream"));
   m.def("weight_only_gemv", &modaq::weight_only_gemv,
-        "fused dequant GEMV, W3A16 / W4A16, M <= 16 (splits: K split over a cluster, 0 = auto)",
+        "fused dequant GEMV, W3A16 / W4A16, M <= 16 (splits: K split over a cluster, 0 = auto; "
+        "kernel: 0 = auto, 1 = shared-memory pipelined, 2 = register pipelined)",
         pybind11::arg("x"), pybind11::arg("qweight"), pybind11::arg("scales"), pybind11::arg("zeros"),
         pybind11::arg("bias"), pybind11::arg("bias_dtype"), pybind11::arg("y"), pybind11::arg("M"),
         pybind11::arg("N"), pybind11::arg("K"), pybind11::arg("bits"), pybind11::arg("group_size"),
-        pybind11::arg("dtype"), pybind11::arg("splits"), pybind11::arg("device"), pybind11::arg("stream"));
+        pybind11::arg("dtype"), pybind11::arg("splits"), pybind11::arg("device"), pybind11::arg("stream"),
+        pybind11::arg("kernel") = 0);
   m.def("weight_only_dequant", &modaq::weight_only_dequant,
         "W3 / W4 packed weights -> fp16 / bf16 [N, K]",
         pybind11::arg("qweight"), pybind11::arg("scales"), pybind11::arg("zeros"), pybind11::arg("w"),

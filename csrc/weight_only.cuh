@@ -9,7 +9,9 @@
 //     h = (word >> (F - b)) & (mask << b) | MAGIC        (MAGIC = 1024.0 fp16 / 128.0 bf16)
 // is a half2 / bfloat162 holding MAGIC + v * 2^b exactly (b + width <= mantissa bits), and
 //     r = h * 2^-b + (-(MAGIC * 2^-b + z))               (one HFMA2, exact: small integers)
-// is (v - z) exactly.  The scale is applied to the fp32 mma accumulator once per group, so the
+// is (v - z) exactly.  Per pair: one LOP3 (inline PTX: written in C++, the AND and the OR stay
+// two instructions) + one HFMA2 / HADD2, plus one shift per word for fields past the mantissa
+// (SASS of the GEMV loop: ~1.4 decode instructions per weight per lane for W3, ~1.2 for W4).  The scale is applied to the fp32 mma accumulator once per group, so the
 // dequantized weight is never rounded: the kernel computes the reference's exact products.
 #pragma once
 
@@ -39,15 +41,11 @@ template <> struct Bits<4> {
 template <typename T> struct Pair;
 template <> struct Pair<__half> {
   static constexpr uint32_t kMagic = 0x64006400u;  // 1024.0: ulp 1, 10 mantissa bits
-  static constexpr float kMagicF = 1024.f;
   static constexpr int kMantissa = 10;
   static constexpr uint32_t pow2(int e) {  // 2^e in both halves
     return ((uint32_t)(15 + e) << 10) * 0x00010001u;
   }
-  __device__ static uint32_t splat(float v) {
-    __half2 h = __float2half2_rn(v);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
+  static constexpr uint32_t neg_pow2_bits(int e) { return 0x8000u | ((uint32_t)(15 + e) << 10); }  // -2^e
   __device__ static uint32_t fma(uint32_t a, uint32_t b, uint32_t c) {
     uint32_t d;
     asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
@@ -63,13 +61,9 @@ template <> struct Pair<__half> {
 };
 template <> struct Pair<__nv_bfloat16> {
   static constexpr uint32_t kMagic = 0x43004300u;  // 128.0: ulp 1, 7 mantissa bits
-  static constexpr float kMagicF = 128.f;
   static constexpr int kMantissa = 7;
   static constexpr uint32_t pow2(int e) { return ((uint32_t)(127 + e) << 7) * 0x00010001u; }
-  __device__ static uint32_t splat(float v) {
-    __nv_bfloat162 h = __float2bfloat162_rn(v);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
+  static constexpr uint32_t neg_pow2_bits(int e) { return 0x8000u | ((uint32_t)(127 + e) << 7); }  // -2^e
   __device__ static uint32_t fma(uint32_t a, uint32_t b, uint32_t c) {
     uint32_t d;
     asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
@@ -93,46 +87,80 @@ template <typename T, int W> struct Field {
 };
 
 // Zero-point constants of one group for the two rows (g, g + 8) a lane touches:
-// c[bi][rh] = -(MAGIC * 2^-(bi W) + z_rh), splatted to both halves.
+// c[bi][rh] = -(MAGIC * 2^-b + z_rh), b = bi W, splatted to both halves.  Built with integer ops:
+// MAGIC * 2^-b = 2^(E - b) (E = mantissa bits) has ulp 2^-b, so adding z sets mantissa bits
+// z << b, and the bit pattern is  sign | exponent(2^(E - b)) | (z << b)  (no int -> float).
 template <typename T, int W>
 struct ZeroConsts {
   uint32_t c[Field<T, W>::kNumB][2];
-  __device__ __forceinline__ void set(uint32_t z_lo, uint32_t z_hi) {
+  // z2_lo / z2_hi: the zero point in both 16-bit halves (z * 0x00010001)
+  __device__ __forceinline__ void set_pairs(uint32_t z2_lo, uint32_t z2_hi) {
 #pragma unroll
     for (int bi = 0; bi < Field<T, W>::kNumB; ++bi) {
-      const float m = Pair<T>::kMagicF / float(1 << (bi * W));
-      c[bi][0] = Pair<T>::splat(-(m + float(z_lo)));
-      c[bi][1] = Pair<T>::splat(-(m + float(z_hi)));
+      constexpr uint32_t one = 0x00010001u;
+      const uint32_t base = Pair<T>::neg_pow2_bits(Pair<T>::kMantissa - bi * W) * one;
+      c[bi][0] = (z2_lo << (bi * W)) | base;
+      c[bi][1] = (z2_hi << (bi * W)) | base;
     }
+  }
+  __device__ __forceinline__ void set(uint32_t z_lo, uint32_t z_hi) {
+    set_pairs(z_lo * 0x00010001u, z_hi * 0x00010001u);
   }
 };
 
+// (a & MASK) | C in one LOP3 (written as C++, the compiler emits an AND and an OR).
+template <uint32_t MASK, uint32_t C>
+__device__ __forceinline__ uint32_t and_or(uint32_t a) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "n"(MASK), "n"(C));
+  return d;
+}
+template <uint32_t MASK>
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t c) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "n"(MASK), "r"(c));
+  return d;
+}
+
 // (v - z) of the field at offset F (within each half) of `word`, as a packed pair.
-template <typename T, int W>
-__device__ __forceinline__ uint32_t decode_field(uint32_t word, int F, int rh, const ZeroConsts<T, W>& zc) {
+template <typename T, int W, int F>
+__device__ __forceinline__ uint32_t decode_field(uint32_t word, int rh, const ZeroConsts<T, W>& zc) {
   constexpr int S = Field<T, W>::kShiftQuantum;
-  const int b = F % S;
-  const uint32_t mask = ((1u << W) - 1u) * 0x00010001u;
-  const uint32_t h = ((word >> (F - b)) & (mask << b)) | Pair<T>::kMagic;
+  constexpr int b = F % S;
+  constexpr uint32_t mask = (((1u << W) - 1u) * 0x00010001u) << b;
+  const uint32_t h = and_or<mask, Pair<T>::kMagic>(word >> (F - b));
   return Pair<T>::fma(h, Pair<T>::pow2(-b), zc.c[b / W][rh]);
 }
 
 // Decode one unit (a lane's 32 weights) into the 16 A-fragment registers a[4 s + j].
 // Slot i = 4 s + j belongs to row g + 8 (j & 1), hence zero constant rh = i & 1.
+template <typename T, int I>
+__device__ __forceinline__ void decode_w3_slots(const uint32_t (&w)[3], const ZeroConsts<T, 3>& zc, uint32_t (&a)[16]) {
+  if constexpr (I < 15) {
+    a[I] = decode_field<T, 3, 3 * (I % 5)>(w[I / 5], I & 1, zc);
+    decode_w3_slots<T, I + 1>(w, zc, a);
+  }
+}
 template <typename T>
 __device__ __forceinline__ void decode_unit(const uint32_t (&w)[3], const ZeroConsts<T, 3>& zc, uint32_t (&a)[16]) {
-#pragma unroll
-  for (int i = 0; i < 15; ++i) a[i] = decode_field<T, 3>(w[i / 5], 3 * (i % 5), i & 1, zc);
+  decode_w3_slots<T, 0>(w, zc, a);
   // slot 15: bit b of both values is bit 15 / 31 of word b
-  const uint32_t spill = ((w[0] >> 15) & 0x00010001u) | ((w[1] >> 14) & 0x00020002u) |
-                         ((w[2] >> 13) & 0x00040004u);
-  a[15] = Pair<T>::fma(spill | Pair<T>::kMagic, Pair<T>::pow2(0), zc.c[0][1]);
+  uint32_t spill = and_or<0x00010001u, Pair<T>::kMagic>(w[0] >> 15);
+  spill = and_or<0x00020002u>(w[1] >> 14, spill);
+  spill = and_or<0x00040004u>(w[2] >> 13, spill);
+  a[15] = Pair<T>::fma(spill, Pair<T>::pow2(0), zc.c[0][1]);
 }
 
+template <typename T, int I>
+__device__ __forceinline__ void decode_w4_slots(const uint32_t (&w)[4], const ZeroConsts<T, 4>& zc, uint32_t (&a)[16]) {
+  if constexpr (I < 16) {
+    a[I] = decode_field<T, 4, 4 * (I % 4)>(w[I / 4], I & 1, zc);
+    decode_w4_slots<T, I + 1>(w, zc, a);
+  }
+}
 template <typename T>
 __device__ __forceinline__ void decode_unit(const uint32_t (&w)[4], const ZeroConsts<T, 4>& zc, uint32_t (&a)[16]) {
-#pragma unroll
-  for (int i = 0; i < 16; ++i) a[i] = decode_field<T, 4>(w[i / 4], 4 * (i % 4), i & 1, zc);
+  decode_w4_slots<T, 0>(w, zc, a);
 }
 
 __device__ __forceinline__ uint32_t component(const uint4& v, int i) {
@@ -162,8 +190,9 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
-// One lane's share of one packed block: weights, and the (row g, row g + 8) scale / zero
-// pairs of the block's 256 / GROUP groups.
+// One lane's share of one packed block, loaded into registers (the dequant kernel and the
+// register-pipelined GEMV; the shared-memory GEMV streams blocks with cp.async instead):
+// weights, and the (row g, row g + 8) scale / zero pairs of the block's 256 / GROUP groups.
 template <int BITS, int GROUP>
 struct Block {
   static constexpr int kGroups = kTileK / GROUP;  // 2 or 4

@@ -2,62 +2,51 @@
 //
 // Computes  y[M, N] = x[M, K] @ W^T (+ bias),  W[n, k] = (q[n, k] - zero[n, g]) * scale[n, g],
 // g = k / GROUP (64 or 128), q 3- or 4-bit; x, y fp16 or bf16; fp32 accumulation.  No
-// dequantized weight is ever written: weights go from DRAM to registers to the tensor cores.
+// dequantized weight is ever written: weights go from DRAM to shared memory to registers to
+// the tensor cores.
 //
 // Math.  Per group, the tensor cores sum x[m, k] * (q - zero) over the group's k with exact
-// integer-valued fp16 / bf16 operands (see weight_only.cuh) into an fp32 accumulator; the
-// group's scale then multiplies that accumulator:  y = sum_g scale_g * sum_{k in g} x (q - z).
-// Equal to the reference's sum_k x * ((q - z) * scale) up to fp32 summation order.
+// integer-valued fp16 / bf16 operands (see weight_only.cuh) into fp32 accumulators; the
+// group's scale then multiplies them:  y = sum_g scale_g * sum_{k in g} x (q - z).  Equal to the
+// reference's sum_k x * ((q - z) * scale) up to fp32 summation order.
 //
 // Work split.  mma.m16n8k16 with A = weights (16 rows of N x 16 k), B = x^T (16 k x 8 tokens;
 // MT = 1 tile of 8 tokens for M <= 8, MT = 2 for M <= 16).  One warp owns a 16-row tile of N
-// and a range of 256-k packed blocks; a CTA holds 4 warps (64 rows) that share x, staged in
-// shared memory (zero padded to 8 MT rows and to the padded K) and read with ldmatrix.  When N
-// alone gives too few warps to keep the memory system busy, K is split over the CTAs of a
-// thread-block cluster (sm_90), whose partial sums meet in the leader CTA's shared memory
-// (distributed shared memory): one launch, no workspace, deterministic order.
+// and the CTA's range of 256-k packed blocks; a CTA holds kWarps warps that share x, staged
+// once in shared memory (only the M real rows: ldmatrix rows >= M point at a zero row).  K is
+// split over the CTAs of a thread-block cluster (sm_90) so the grid has about one CTA per SM
+// (weight_only_gemv_launch.cuh); partial sums meet in the leader CTA through distributed
+// shared memory (deterministic).
 //
-// Pipeline.  Each lane keeps 3 packed blocks in registers: one being decoded while the next
-// two are in flight (16-byte ld.global.nc.L1::no_allocate.L2::256B, each warp load 512
-// contiguous bytes), and the warp prefetches 2 more blocks into L2 (prefetch.global.L2, no
-// registers): ~6 KB (W3) / 8 KB (W4) requested ahead per warp.
+// Pipeline.  Each warp streams its blocks through a private ring of STAGES shared-memory
+// slots with cp.async (16-byte, L2 256-byte prefetch), STAGES - 1 blocks in flight, and an
+// explicit cp.async.wait_group per block.  Each lane copies and later reads only its own bytes
+// (weights, and its rows' scales / zeros), so no barrier is needed inside the loop.  Why not
+// registers: the previous kernel prefetched into registers and ptxas put every load of every
+// stage on one scoreboard, so each wait drained the whole pipeline (latency bound at ~35% of
+// copy bandwidth, W3 = W4 time).
 //
-// Roofline (H100 SXM, 3.35 TB/s HBM3, ~3.0 TB/s measured copy).  Bytes per weight: 3/8 (W3)
-// or 1/2 (W4) + 3 bytes per group of 128 for scale + zero (0.19 bit/weight).  3584 x 18944 W3
-// g128: 26.5 MB -> 8.8 us at 3.0 TB/s, vs 136 MB for fp16 (45 us).  The aim was ~1.3 decode
-// instructions per weight per lane (LOP3 into a magic-number mantissa + one HFMA2 per pair).
+// Roofline (H100 SXM, ~3.0 TB/s measured copy).  Bytes per weight: 3/8 (W3) or 1/2 (W4) + 3
+// bytes per group of 128 for scale + zero.  3584 x 18944 W3 g128: 26.5 MB -> 8.8 us.  SASS per
+// 256-k block per lane (128 weights), W3 fp16 M <= 8: 277 instructions (2.2 / weight; decode
+// 1.4: one LOP3 into a magic-number mantissa + one HFMA2 per pair), W4 245 (1.9).
 //
-// Measured (benchmarks/results/weight_only_*.md): 3584 x 18944 W3 M = 1 takes 24.5 us = 37% of
-// copy bandwidth (2.5x FP16 cuBLAS), and W3 ~ W4 ~ flat for M <= 8: NOT memory bound.  The PTX
-// holds ~4.7 instructions per weight per lane (field shifts / masks, per-group zero-constant
-// conversions, addressing, branches) and this grid has ~9 warps per SM, which then issue only
-// ~1.6 warp-instructions per cycle per SM: latency and instruction bound.  Next steps: zero
-// constants by LOP3 on the magic number instead of int->float->half, fewer address / branch
-// ops, two row tiles per warp (shared ldmatrix, independent mma chains), <= 80 registers for
-// 6 CTAs / SM; confirm stall reasons with Nsight Compute first.
+// Measured (benchmarks/results/weight_only_*.md, M = 1, CUDA-graph replays): 3584 x 18944 W3
+// 18.5 us (49% of copy bandwidth; previous kernel 22.9-24.5 us), 18944 x 3584 16.5 us (55%),
+// 14336 x 4096 14.0 us (56%); W4 52-64%.  Limits now: ~5-6 us per call that do not scale
+// with size (3584 x 3584, 2.5 MB, takes 6.5 us: launch, first DRAM round trip, x staging,
+// tail), and at ~1 CTA per SM only one warp per scheduler issues the dependent decode / mma
+// chain; more splits or CTAs to add warps measured slower (cluster barrier, per-CTA x).
 #pragma once
 
 #include <cooperative_groups.h>
-
-#include <algorithm>
 
 #include "weight_only.cuh"
 
 namespace modaq {
 namespace woq {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-constexpr int kStages = 3;     // packed blocks per lane in registers
-constexpr int kL2Ahead = 2;    // further blocks per warp prefetched into L2 (no registers)
 constexpr int kMaxSplits = 8;  // portable cluster size
-
-// K-tiles of x staged per shared-memory chunk: 8 MT rows x (kChunkTiles * 256 + 8) elements,
-// the +8 (16 bytes) skews rows across banks for ldmatrix; ~33 KB either way.
-template <int MT> struct XChunk {
-  static constexpr int kTiles = 8 / MT;
-  static constexpr int kStride = kTiles * kTileK + 8;
-};
 
 struct GemvArgs {
   const void* x;
@@ -72,93 +61,175 @@ struct GemvArgs {
   int bias_dtype;
 };
 
-template <typename T, int MT>
-constexpr size_t gemv_smem_bytes() {
-  return MT * 4 * kThreads * sizeof(float) + 8 * MT * XChunk<MT>::kStride * sizeof(T);
-}
+// One ring slot: a block's weights as the lanes load them, then per lane its (row g, row g + 8)
+// scale pairs and zero bytes of the block's groups (lane-private copies: no barrier needed).
+template <int BITS, int GROUP>
+struct Slot {
+  static constexpr int kGroups = kTileK / GROUP;  // 2 or 4
+  static constexpr int kWeightBytes = Bits<BITS>::kVecs * 512;
+  static constexpr int kLaneScaleBytes = kGroups * 4;
+  static constexpr int kLaneZeroBytes = kGroups * 2;
+  static constexpr int kScaleOffset = kWeightBytes;
+  static constexpr int kZeroOffset = kScaleOffset + 32 * kLaneScaleBytes;
+  static constexpr int kBytes = kZeroOffset + 32 * kLaneZeroBytes;
+};
 
-__device__ __forceinline__ float load_bias(const void* bias, int dtype, int n) {
-  if (dtype == kHalf) return __half2float(static_cast<const __half*>(bias)[n]);
-  if (dtype == kBFloat16) return __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[n]);
-  return static_cast<const float*>(bias)[n];
-}
-
-// x[:, 256 kt .. 256 (kt + count)) -> xs rows 0 .. 8 MT - 1 (rows >= M, k >= K zero).
-template <typename T, int MT>
-__device__ void stage_x(const GemvArgs& p, T* xs, int kt, int count) {
-  constexpr int XS = XChunk<MT>::kStride;
-  const T* x = static_cast<const T*>(p.x);
-  const int segs = count * kTileK / 8;  // 16-byte segments per row
-  __syncthreads();                      // all warps are done with the previous chunk
-  for (int i = threadIdx.x; i < 8 * MT * segs; i += kThreads) {
-    const int row = i / segs, seg = i - row * segs;
-    const int k = kt * kTileK + seg * 8;  // K % 64 == 0: a segment is all in or all out
-    uint4 v = make_uint4(0u, 0u, 0u, 0u);
-    if (row < p.M && k < p.K) v = __ldg(reinterpret_cast<const uint4*>(x + (size_t)row * p.K + k));
-    *reinterpret_cast<uint4*>(xs + row * XS + seg * 8) = v;
+template <typename T, int BITS, int GROUP, int MT, int STAGES>
+struct GemvConfig {
+  static constexpr int kWarps = MT == 1 ? 4 : 8;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kRingBytes = kWarps * STAGES * Slot<BITS, GROUP>::kBytes;
+  static constexpr int kZeroRowBytes = (kTileK + 8) * sizeof(T);  // covers every in-block offset
+  // dynamic shared memory: ring | zero row | x rows [M][kt_per_split * 256 + 8]
+  static size_t smem_bytes(int m, int kt_per_split) {
+    return kRingBytes + kZeroRowBytes + (size_t)m * x_stride(kt_per_split) * sizeof(T);
   }
-  __syncthreads();
+  // +8 elements (16 bytes) skew the rows across banks for ldmatrix
+  __host__ __device__ static int x_stride(int kt_per_split) { return kt_per_split * kTileK + 8; }
+};
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
+// src_bytes = 0 writes 16 zero bytes (x beyond K)
+__device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+template <int BYTES>
+__device__ __forceinline__ void cp_async_small(uint32_t dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(dst), "l"(src), "n"(BYTES) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int PENDING>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
 }
 
-// One packed block (16 rows x 256 k) of one warp: 4 units, 16 mma k-steps per token tile.
-// xs_lane: shared address of this lane's ldmatrix row for this block's k, token tile 0.
+// A lane's global sources of one packed block: its 16-byte weight vectors and its rows'
+// (g, g + 8) scale / zero pairs ([g][group][row half] per block).  advance(): next block.
+template <int BITS, int GROUP>
+struct BlockSrc {
+  using S = Slot<BITS, GROUP>;
+  const uint8_t* q;
+  const __half* s;
+  const uint8_t* z;
+  __device__ __forceinline__ BlockSrc(const GemvArgs& p, size_t block, int lane)
+      : q(p.qweight + block * S::kWeightBytes + lane * 16),
+        s(p.scales + block * 16 * S::kGroups + (lane >> 2) * 2 * S::kGroups),
+        z(p.zeros + block * 16 * S::kGroups + (lane >> 2) * 2 * S::kGroups) {}
+  __device__ __forceinline__ void advance(int blocks = 1) {
+    q += blocks * S::kWeightBytes;
+    s += blocks * 16 * S::kGroups;
+    z += blocks * 16 * S::kGroups;
+  }
+  // cp.async of this lane's bytes into the ring slot at shared address `slot`
+  __device__ __forceinline__ void issue(uint32_t slot, int lane) const {
+#pragma unroll
+    for (int v = 0; v < Bits<BITS>::kVecs; ++v) cp_async16(slot + v * 512 + lane * 16, q + v * 512);
+    cp_async_small<S::kLaneScaleBytes>(slot + S::kScaleOffset + lane * S::kLaneScaleBytes, s);
+    cp_async_small<S::kLaneZeroBytes>(slot + S::kZeroOffset + lane * S::kLaneZeroBytes, z);
+  }
+};
+
+// x[:, 256 kt0 .. 256 kt1) -> xs rows 0 .. M - 1 (k >= K zero-filled); every thread copies a share.
+template <typename T>
+__device__ __forceinline__ void issue_x(const GemvArgs& p, uint32_t xs, int x_stride, int kt0, int kt1, int threads) {
+  const T* x = static_cast<const T*>(p.x);
+  const int segs = (kt1 - kt0) * (kTileK / 8);  // 16-byte segments per row
+  for (int m = 0; m < p.M; ++m) {
+    for (int s = threadIdx.x; s < segs; s += threads) {
+      const int k = kt0 * kTileK + s * 8;  // K % 64 == 0: a segment is all in or all out
+      const bool in = k < p.K;
+      cp_async16_zfill(xs + (m * x_stride + s * 8) * sizeof(T), x + (size_t)m * p.K + (in ? k : 0), in ? 16 : 0);
+    }
+  }
+}
+
+// One packed block (16 rows x 256 k) from ring slot `slot`: 4 units, 16 mma k-steps per token
+// tile; each unit accumulates into its own fp32 chain (unit parity), summed and scaled per group.  xa[mt]: this lane's ldmatrix row
+// address for the block's k (the zero row for tokens >= M).
 template <typename T, int BITS, int GROUP, int MT>
-__device__ __forceinline__ void mma_block(const Block<BITS, GROUP>& blk, uint32_t xs_lane, float (&tot)[MT][4]) {
+__device__ __forceinline__ void mma_slot(const unsigned char* slot, const uint32_t (&xa)[MT], int lane,
+                                         float (&tot)[MT][4]) {
+  using S = Slot<BITS, GROUP>;
   constexpr int kUnitsPerGroup = GROUP / kUnitK;
-  constexpr uint32_t kTokenTileBytes = 8 * XChunk<MT>::kStride * sizeof(T);
+  uint4 q[Bits<BITS>::kVecs];
+#pragma unroll
+  for (int v = 0; v < Bits<BITS>::kVecs; ++v) q[v] = *reinterpret_cast<const uint4*>(slot + v * 512 + lane * 16);
+  uint32_t sc[S::kGroups], zw[S::kGroups / 2];
+  const unsigned char* ls = slot + S::kScaleOffset + lane * S::kLaneScaleBytes;
+  const unsigned char* lz = slot + S::kZeroOffset + lane * S::kLaneZeroBytes;
+  if constexpr (S::kGroups == 2) {
+    const uint2 v = *reinterpret_cast<const uint2*>(ls);
+    sc[0] = v.x; sc[1] = v.y;
+    zw[0] = *reinterpret_cast<const uint32_t*>(lz);
+  } else {
+    const uint4 v = *reinterpret_cast<const uint4*>(ls);
+    sc[0] = v.x; sc[1] = v.y; sc[2] = v.z; sc[3] = v.w;
+    const uint2 z = *reinterpret_cast<const uint2*>(lz);
+    zw[0] = z.x; zw[1] = z.y;
+  }
   ZeroConsts<T, BITS> zc;
-  float acc[MT][4];
+  float acc[2][MT][4];
 #pragma unroll
   for (int u = 0; u < kUnits; ++u) {
     const int j = u / kUnitsPerGroup;
     if (u % kUnitsPerGroup == 0) {
-      zc.set(blk.zero(j, 0), blk.zero(j, 1));
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[mt][c] = 0.f;
+      // zero bytes [group j][row half]: spread byte 2j + rh to both 16-bit halves
+      const uint32_t word = zw[j / 2];
+      const uint32_t sel_lo = (j & 1) ? 0x4242u : 0x4040u, sel_hi = (j & 1) ? 0x4343u : 0x4141u;
+      uint32_t z_lo, z_hi;
+      asm("prmt.b32 %0, %1, 0, %2;" : "=r"(z_lo) : "r"(word), "r"(sel_lo));
+      asm("prmt.b32 %0, %1, 0, %2;" : "=r"(z_hi) : "r"(word), "r"(sel_hi));
+      zc.set_pairs(z_lo, z_hi);
     }
+    float (&a_acc)[MT][4] = acc[u & 1];  // each unit starts a fresh chain of 4 mma
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) a_acc[mt][c] = 0.f;
     uint32_t w[Bits<BITS>::kWords];
-    unit_words<BITS>(blk.q, u, w);
+    unit_words<BITS>(q, u, w);
     uint32_t a[16];
     decode_unit<T>(w, zc, a);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       uint32_t b[2][4];  // ldmatrix x4: b-registers of k-steps (0, 1) and (2, 3)
-      const uint32_t addr = xs_lane + mt * kTokenTileBytes + u * kUnitK * sizeof(T);
-      ldmatrix_x4(b[0], addr);
-      ldmatrix_x4(b[1], addr + 32 * sizeof(T));
+      ldmatrix_x4(b[0], xa[mt] + u * kUnitK * sizeof(T));
+      ldmatrix_x4(b[1], xa[mt] + (u * kUnitK + 32) * sizeof(T));
 #pragma unroll
-      for (int s = 0; s < 4; ++s) mma_16816<T>(acc[mt], a + 4 * s, &b[s >> 1][2 * (s & 1)]);
+      for (int s = 0; s < 4; ++s) mma_16816<T>(a_acc[mt], a + 4 * s, &b[s >> 1][2 * (s & 1)]);
     }
     if (u % kUnitsPerGroup == kUnitsPerGroup - 1) {
-      const float2 sc = blk.scale(j);  // (row g, row g + 8)
+      uint32_t sv = sc[j];
+      const float2 f = __half22float2(*reinterpret_cast<__half2*>(&sv));  // (row g, row g + 8)
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        tot[mt][0] = fmaf(sc.x, acc[mt][0], tot[mt][0]);
-        tot[mt][1] = fmaf(sc.x, acc[mt][1], tot[mt][1]);
-        tot[mt][2] = fmaf(sc.y, acc[mt][2], tot[mt][2]);
-        tot[mt][3] = fmaf(sc.y, acc[mt][3], tot[mt][3]);
-      }
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const float v = kUnitsPerGroup == 2 ? acc[0][mt][c] + acc[1][mt][c] : a_acc[mt][c];
+          tot[mt][c] = fmaf(c < 2 ? f.x : f.y, v, tot[mt][c]);
+        }
     }
   }
 }
 
 // Sum the partial results of the cluster's CTAs into rank 0; returns false in other ranks.
+// red: this thread's MT * 4 floats (stride 32) inside its warp's ring, whose copies are done.
 template <int MT>
 __device__ __forceinline__ bool cluster_reduce(float* red, float (&tot)[MT][4], int splits) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
 #pragma unroll
-  for (int i = 0; i < MT * 4; ++i) red[i * kThreads + threadIdx.x] = tot[i / 4][i % 4];
+  for (int i = 0; i < MT * 4; ++i) red[i * 32] = tot[i / 4][i % 4];
   cluster.sync();
   const bool leader = cluster.block_rank() == 0;
   if (leader) {
     for (int r = 1; r < splits; ++r) {
       const float* other = cluster.map_shared_rank(red, r);
 #pragma unroll
-      for (int i = 0; i < MT * 4; ++i) tot[i / 4][i % 4] += other[i * kThreads + threadIdx.x];
+      for (int i = 0; i < MT * 4; ++i) tot[i / 4][i % 4] += other[i * 32];
     }
   }
   cluster.sync();  // keep every rank's shared memory alive until the leader has read it
@@ -169,54 +240,14 @@ __device__ __forceinline__ bool cluster_reduce(float* red, float (&tot)[MT][4], 
 #endif
 }
 
-template <typename T, int BITS, int GROUP, int MT>
-__global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 3) weight_only_gemv_kernel(const GemvArgs p) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  float* red = reinterpret_cast<float*>(smem);
-  T* xs = reinterpret_cast<T*>(smem + MT * 4 * kThreads * sizeof(float));
-  constexpr int kChunk = XChunk<MT>::kTiles;
+__device__ __forceinline__ float load_bias(const void* bias, int dtype, int n) {
+  if (dtype == kHalf) return __half2float(static_cast<const __half*>(bias)[n]);
+  if (dtype == kBFloat16) return __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[n]);
+  return static_cast<const float*>(bias)[n];
+}
 
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int rank = blockIdx.x % p.splits;
-  const int tile = (blockIdx.x / p.splits) * kWarps + warp;
-  const bool active = tile < p.n_tiles;  // idle warps still join the barriers
-  const int kt0 = rank * p.kt_per_split;
-  const int kt1 = min(p.k_tiles, kt0 + p.kt_per_split);
-  // Idle warps stream a valid tile too (results dropped): every load below is unconditional,
-  // with its index clamped to the last block, so no load sits behind a branch whose join
-  // would force the compiler to wait for it.  That keeps kStages - 1 blocks truly in flight.
-  const size_t block0 = (size_t)(active ? tile : p.n_tiles - 1) * p.k_tiles;
-  const int last = kt1 - 1;
-  // ldmatrix x4: lanes 8i..8i+7 address the 8 token rows of matrix i = (k-step i/2, k-half i%2)
-  const uint32_t xs_lane = static_cast<uint32_t>(__cvta_generic_to_shared(
-      xs + (lane & 7) * XChunk<MT>::kStride + (lane >> 4) * 16 + ((lane >> 3) & 1) * 8));
-
-  float tot[MT][4];
-#pragma unroll
-  for (int i = 0; i < MT * 4; ++i) tot[i / 4][i % 4] = 0.f;
-  Block<BITS, GROUP> blk[kStages];
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) blk[s].load(p.qweight, p.scales, p.zeros, block0 + min(kt0 + s, last), lane);
-#pragma unroll
-  for (int s = kStages - 1; s < kStages + kL2Ahead - 1; ++s)
-    Block<BITS, GROUP>::prefetch(p.qweight, p.scales, p.zeros, block0 + min(kt0 + s, last), lane);
-
-  for (int kt = kt0; kt < kt1; kt += kStages) {
-#pragma unroll
-    for (int i = 0; i < kStages; ++i) {
-      const int k = kt + i;
-      blk[(i + kStages - 1) % kStages].load(p.qweight, p.scales, p.zeros, block0 + min(k + kStages - 1, last), lane);
-      Block<BITS, GROUP>::prefetch(p.qweight, p.scales, p.zeros, block0 + min(k + kStages + kL2Ahead - 1, last), lane);
-      if (k < kt1) {
-        const int in_chunk = (k - kt0) % kChunk;
-        if (in_chunk == 0) stage_x<T, MT>(p, xs, k, min(kChunk, kt1 - k));
-        if (active) mma_block<T, BITS, GROUP, MT>(blk[i], xs_lane + in_chunk * kTileK * sizeof(T), tot);
-      }
-    }
-  }
-
-  if (p.splits > 1 && !cluster_reduce<MT>(red, tot, p.splits)) return;
-  if (!active) return;
+template <typename T, int MT>
+__device__ __forceinline__ void store_tile(const GemvArgs& p, int tile, int lane, const float (&tot)[MT][4]) {
   const int g = lane >> 2, t = lane & 3;
   T* y = static_cast<T*>(p.y);
 #pragma unroll
@@ -232,88 +263,77 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 3) weight_only_gemv_ke
   }
 }
 
-struct DeviceInfo {
-  int sms = 0;
-  int major = 0;
-};
+template <typename T, int BITS, int GROUP, int MT, int STAGES>
+__global__ void __launch_bounds__(GemvConfig<T, BITS, GROUP, MT, STAGES>::kThreads, MT == 1 ? 4 : 2)
+    weight_only_gemv_kernel(const GemvArgs p) {
+  using C = GemvConfig<T, BITS, GROUP, MT, STAGES>;
+  using S = Slot<BITS, GROUP>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int rank = blockIdx.x % p.splits;
+  const int tile = (blockIdx.x / p.splits) * C::kWarps + warp;
+  const bool active = tile < p.n_tiles;  // idle warps still join the barriers
+  const int kt0 = rank * p.kt_per_split;
+  const int nkt = min(p.k_tiles, kt0 + p.kt_per_split) - kt0;
+  const int x_stride = C::x_stride(p.kt_per_split);
+  unsigned char* ring = smem + warp * STAGES * S::kBytes;
+  const uint32_t ring_s = static_cast<uint32_t>(__cvta_generic_to_shared(ring));
+  const uint32_t zero_s = static_cast<uint32_t>(__cvta_generic_to_shared(smem + C::kRingBytes));
+  const uint32_t xs_s = zero_s + C::kZeroRowBytes;
+  BlockSrc<BITS, GROUP> src(p, (size_t)tile * p.k_tiles + kt0, lane);
 
-inline DeviceInfo device_info(int device) {
-  static DeviceInfo cache[64];
-  if (device < 0 || device >= 64) throw std::invalid_argument("modaq._C: device index out of range");
-  DeviceInfo& info = cache[device];
-  if (info.sms == 0) {  // benign race: every thread writes the same values
-    check_cuda(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, device), "device attribute");
-    check_cuda(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, device), "device attribute");
+  // Prologue: group 0 = block 0 + this thread's share of x; groups 1 .. STAGES - 2 = blocks
+  // 1 .. (empty groups past the range keep the group count uniform).
+  if (active) src.issue(ring_s, lane);
+  issue_x<T>(p, xs_s, x_stride, kt0, kt0 + nkt, C::kThreads);
+  cp_async_commit();
+#pragma unroll
+  for (int s = 1; s < STAGES - 1; ++s) {
+    src.advance();
+    if (active && s < nkt) src.issue(ring_s + s * S::kBytes, lane);
+    cp_async_commit();
   }
-  return info;
-}
+  src.advance();  // now block STAGES - 1, the first one the loop issues
+  for (int i = threadIdx.x; i < C::kZeroRowBytes / 16; i += C::kThreads)
+    *reinterpret_cast<uint4*>(smem + C::kRingBytes + i * 16) = make_uint4(0u, 0u, 0u, 0u);
+  cp_async_wait<STAGES - 2>();
+  __syncthreads();  // x and the zero row visible to every warp
 
-// Split K over a cluster until ~8 warps stream per SM, each CTA keeping >= 2 blocks of K,
-// without exceeding one wave of resident CTAs.
-inline int auto_splits(int row_blocks, int k_tiles, int sms, int ctas_per_sm) {
-  int s = 1;
-  while (s < kMaxSplits && row_blocks * kWarps * s < 8 * sms && k_tiles >= 4 * s &&
-         row_blocks * s * 2 <= sms * ctas_per_sm)
-    s *= 2;
-  return s;
-}
-
-template <typename T, int BITS, int GROUP, int MT>
-void launch_gemv(GemvArgs p, int splits, int device, cudaStream_t stream) {
-  auto kernel = weight_only_gemv_kernel<T, BITS, GROUP, MT>;
-  constexpr size_t smem = gemv_smem_bytes<T, MT>();
-  static int ctas_per_sm = 0;
-  if (ctas_per_sm == 0)
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas_per_sm, kernel, kThreads, smem), "occupancy");
-  const DeviceInfo info = device_info(device);
-  p.n_tiles = (p.N + kTileN - 1) / kTileN;
-  p.k_tiles = (p.K + kTileK - 1) / kTileK;
-  const int row_blocks = (p.n_tiles + kWarps - 1) / kWarps;
-  if (splits <= 0) splits = auto_splits(row_blocks, p.k_tiles, info.sms, std::max(ctas_per_sm, 1));
-  if (info.major < 9) splits = 1;  // clusters need sm_90
-  splits = std::max(1, std::min({splits, kMaxSplits, p.k_tiles}));
-  p.kt_per_split = (p.k_tiles + splits - 1) / splits;
-  p.splits = (p.k_tiles + p.kt_per_split - 1) / p.kt_per_split;  // no empty rank
-  const dim3 grid(row_blocks * p.splits);
-  if (p.splits == 1) {
-    kernel<<<grid, kThreads, smem, stream>>>(p);
-  } else {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(kThreads);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = p.splits;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    check_cuda(cudaLaunchKernelEx(&cfg, kernel, p), "weight_only_gemv (cluster launch)");
+  // ldmatrix x4: lanes 8i .. 8i + 7 address the 8 token rows of matrix i = (k-step i / 2,
+  // k half i % 2); token rows >= M read the zero row, which never advances with k.
+  const uint32_t col = ((lane >> 4) * 16 + ((lane >> 3) & 1) * 8) * sizeof(T);
+  uint32_t xbase[MT], xstep[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const int row = (lane & 7) + 8 * mt;
+    const bool real = row < p.M;
+    xbase[mt] = (real ? xs_s + row * x_stride * sizeof(T) : zero_s) + col;
+    xstep[mt] = real ? kTileK * sizeof(T) : 0u;
   }
-  check_launch("weight_only_gemv");
-}
 
-// Dispatch over dtype, group size and token tiles for one bit width (one per .cu file, so the
-// instantiations compile in parallel).
-template <int BITS>
-void dispatch_gemv(const GemvArgs& p, int group_size, int dtype, int splits, int device, cudaStream_t stream) {
-  dispatch_float(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    const bool small = p.M <= 8;
-    if (group_size == 128) {
-      small ? launch_gemv<T, BITS, 128, 1>(p, splits, device, stream)
-            : launch_gemv<T, BITS, 128, 2>(p, splits, device, stream);
-    } else {
-      small ? launch_gemv<T, BITS, 64, 1>(p, splits, device, stream)
-            : launch_gemv<T, BITS, 64, 2>(p, splits, device, stream);
+  float tot[MT][4];
+#pragma unroll
+  for (int i = 0; i < MT * 4; ++i) tot[i / 4][i % 4] = 0.f;
+  if (active) {
+    constexpr uint32_t kRingLast = (STAGES - 1) * S::kBytes;
+    uint32_t slot = 0;  // byte offset of block i's slot in the ring
+    for (int i = 0; i < nkt; ++i) {
+      cp_async_wait<STAGES - 2>();  // block i has landed (this lane's bytes)
+      // block i + STAGES - 1 goes to the slot read in the previous iteration
+      if (i + STAGES - 1 < nkt) src.issue(ring_s + (slot == 0 ? kRingLast : slot - S::kBytes), lane);
+      src.advance();
+      cp_async_commit();
+      uint32_t xa[MT];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) xa[mt] = xbase[mt] + i * xstep[mt];
+      mma_slot<T, BITS, GROUP, MT>(ring + slot, xa, lane, tot);
+      slot = slot == kRingLast ? 0 : slot + S::kBytes;
     }
-  });
+  }
+  cp_async_wait<0>();  // nothing is pending; the ring may now hold the reduction buffer
+  if (p.splits > 1 && !cluster_reduce<MT>(reinterpret_cast<float*>(ring) + lane, tot, p.splits)) return;
+  if (active) store_tile<T, MT>(p, tile, lane, tot);
 }
-
-void dispatch_gemv_w3(const GemvArgs& p, int group_size, int dtype, int splits, int device, cudaStream_t stream);
-void dispatch_gemv_w4(const GemvArgs& p, int group_size, int dtype, int splits, int device, cudaStream_t stream);
 
 }  // namespace woq
 }  // namespace modaq

@@ -24,7 +24,13 @@ def test_defaults_follow_the_papers():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(method="quarot"), "method: expected one of"),
+    (dict(method="spinquant"), "method: expected one of"),
+    (dict(method="flatquant", format="w4a16"), "flatquant learns transforms"),
+    (dict(method="flatquant", vision_format="w3a16"), "vision format w3a16 is weight-only"),
+    (dict(rotation_weights="awq"), "rotation_weights: expected one of"),
+    (dict(language_calibration="c4"), "language_calibration: expected one of"),
+    (dict(flat_epochs=0), "flat_epochs: expected a positive int"),
+    (dict(flat_lr=0.0), "flat_lr: expected a positive float"),
     (dict(format="w5a5"), "format: expected one of"),
     (dict(format="none"), "format: the language decoder format must be a quantized format"),
     (dict(vision_format="int8"), "vision_format: expected one of"),

@@ -152,7 +152,10 @@ def test_calibrates_on_cuda_with_offloaded_activations(llava_outliers):
     result = calibrate(gpu_model, samples, QuantConfig(method="awq", format="w8a8", device="cuda",
                                                        offload_activations=True, progress=False))
     assert result.peak_gpu_bytes and next(gpu_model.parameters()).device.type == "cpu"
+    # the AWQ grid search may break near-ties differently in CUDA arithmetic, so compare what
+    # matters: both calibrations stay as close to the FP model as each other
     with torch.no_grad():
-        a = cpu_model(**samples[0].inputs).logits
-        b = gpu_model(**samples[0].inputs).logits
-    torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-2)
+        ref = fp(**samples[0].inputs).logits.double()
+        errs = [float((m(**samples[0].inputs).logits.double() - ref).norm() / ref.norm())
+                for m in (cpu_model, gpu_model)]
+    assert errs[1] < 1.25 * errs[0] + 1e-4, errs

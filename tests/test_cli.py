@@ -59,4 +59,4 @@ def test_bad_input_gives_a_clear_error(argv, message, capsys):
 
 def test_unknown_choice_is_rejected_by_argparse():
     with pytest.raises(SystemExit):
-        cli.main(["quantize", "--model", "m", "--out", "o", "--method", "quarot"])
+        cli.main(["quantize", "--model", "m", "--out", "o", "--method", "spinquant"])

@@ -199,14 +199,15 @@ def _gpu_case(bits, n, k, group, m, dtype, seed):
     return packed, x, bias
 
 
-def _gemv_poisoned(bits, x, packed, n, group, bias, splits=0):
+def _gemv_poisoned(bits, x, packed, n, group, bias, splits=0, kernel=0):
     """Call the C entry point on a NaN-poisoned output: every element must be written."""
     cu = _cuda_ext()
     y = torch.full((x.shape[0], n), float("nan"), dtype=x.dtype, device=x.device)
     dev, stream = cu.launch_args(x)
     cu._C.weight_only_gemv(cu.ptr(x), cu.ptr(packed.qweight), cu.ptr(packed.scales), cu.ptr(packed.zeros),
                            cu.ptr(bias), cu.DTYPE_CODE[bias.dtype] if bias is not None else 0, cu.ptr(y),
-                           x.shape[0], n, x.shape[1], bits, group, cu.DTYPE_CODE[x.dtype], splits, dev, stream)
+                           x.shape[0], n, x.shape[1], bits, group, cu.DTYPE_CODE[x.dtype], splits, dev, stream,
+                           kernel)
     return y
 
 
@@ -230,14 +231,33 @@ def test_gemv_matches_reference(bits, dtype, group):
 @pytest.mark.gpu
 @needs_ext
 @pytest.mark.parametrize("bits", [3, 4])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gemv_both_kernels_match_reference(bits, dtype):
+    """Shared-memory (kernel=1) and register (kernel=2) pipelined GEMVs, and the automatic choice
+    on both sides of its N > 4096 / M > 4 switch."""
+    seed = 100
+    for n, k, group in ((4200, 640, 128), (300, 1408, 64)):
+        for m in (1, 5, 12):
+            seed += 1
+            packed, x, bias = _gpu_case(bits, n, k, group, m, dtype, seed)
+            ref = REF[bits](x, *packed, n, group, bias)
+            for kernel in (0, 1, 2):
+                y = _gemv_poisoned(bits, x, packed, n, group, bias, kernel=kernel)
+                assert not y.isnan().any() and _rel_err(y, ref) < TOL[dtype], (n, k, m, kernel, _rel_err(y, ref))
+
+
+@pytest.mark.gpu
+@needs_ext
+@pytest.mark.parametrize("bits", [3, 4])
 def test_gemv_cluster_splits_agree(bits):
     """K split over 1..8 CTAs of a cluster (sm_90; others fall back to 1) gives the same result."""
     n, k, m = 100, 128 * 40, 5
     packed, x, bias = _gpu_case(bits, n, k, 128, m, torch.bfloat16, 7)
     ref = REF[bits](x, *packed, n, 128, bias)
     for splits in (1, 2, 3, 5, 8):
-        y = _gemv_poisoned(bits, x, packed, n, 128, bias, splits)
-        assert not y.isnan().any() and _rel_err(y, ref) < TOL[torch.bfloat16], splits
+        for kernel in (1, 2):
+            y = _gemv_poisoned(bits, x, packed, n, 128, bias, splits, kernel)
+            assert not y.isnan().any() and _rel_err(y, ref) < TOL[torch.bfloat16], (splits, kernel)
 
 
 @pytest.mark.gpu

@@ -6,9 +6,10 @@
     model = load_quantized("out/")          # Linears are modaq modules; model.generate() works
 
 A saved directory holds `modaq_model.safetensors` (the whole state dict: packed weights, scales,
-smoothing vectors, FP tensors, plus the non-persistent buffers such as rotary tables),
-`quant_config.json` (format per component, method, group size, the full QuantConfig and every
-quantized Linear's module config), the Hugging Face `config.json` / `generation_config.json`,
+smoothing vectors, online-transform buffers, FP tensors, plus the non-persistent buffers such as
+rotary tables), `quant_config.json` (format per component, method, group size, the full
+QuantConfig, every quantized Linear's module config and every LayerNorm a rotation method turned
+into an RMSNorm), the Hugging Face `config.json` / `generation_config.json`,
 and the processor files when a processor is given.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .calib import QuantConfig, calibrate, get_adapter, load_calibration
 from .calib.config import COMPONENTS
 from .calib.data import CalibSample, read_json
 from .calib.report import CalibrationResult, kl_text_positions
-from .nn import QuantLinear, from_config
+from .nn import QuantLinear, RMSNorm, from_config
 
 WEIGHTS_NAME = "modaq_model.safetensors"
 CONFIG_NAME = "quant_config.json"
@@ -80,6 +81,29 @@ def quant_layers(model: nn.Module) -> dict[str, dict]:
     return {n: m.quant_config() for n, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
+def replaced_norms(model: nn.Module) -> dict[str, dict]:
+    """{module name: RMSNorm.norm_config()} for the LayerNorms a rotation method converted."""
+    return {n: m.norm_config() for n, m in model.named_modules() if isinstance(m, RMSNorm)}
+
+
+def _rebuild_structure(model: nn.Module, meta: dict, state: dict) -> None:
+    """On the meta-device model: modaq modules where the Linears / converted norms were, and the
+    biases that folding a LayerNorm bias gave to Linears built without one."""
+    for name, cfg in meta["layers"].items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, from_config(cfg, device="meta"))
+    for name, cfg in meta.get("norms", {}).items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, RMSNorm.from_config(cfg, device="meta"))
+    expected = set(model.state_dict())
+    for key in state:
+        owner = key[:-len(".bias")]
+        if key.endswith(".bias") and key not in expected:
+            mod = model.get_submodule(owner) if owner else None
+            if isinstance(mod, nn.Linear) and mod.bias is None:
+                mod.bias = nn.Parameter(torch.empty(mod.out_features, device="meta"))
+
+
 def _state_for_saving(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
     """(tensors, tied aliases {alias: source}, non-persistent buffer names).  Tensors that are the
     same view (tied embeddings) are stored once; other storage sharing is broken by a copy."""
@@ -128,7 +152,8 @@ def save_quantized(model: nn.Module, directory: str | os.PathLike, processor=Non
         meta = {"modaq_version": __version__, "architecture": type(model).__name__,
                 "method": cfg.get("method"), "format": cfg.get("format"), "formats": info.get("formats", {}),
                 "group_size": cfg.get("group_size"), "config": cfg, "skipped": info.get("skipped", {}),
-                "layers": layers, "tied": aliases, "nonpersistent_buffers": nonpersistent}
+                "layers": layers, "norms": replaced_norms(model), "tied": aliases,
+                "nonpersistent_buffers": nonpersistent}
         with open(os.path.join(tmp, CONFIG_NAME), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
         model.config.save_pretrained(tmp)
@@ -179,13 +204,11 @@ def load_quantized(directory: str | os.PathLike, device: str | torch.device = "c
         raise ValueError(f"{CONFIG_NAME}: architecture {meta.get('architecture')!r} is not a transformers class")
     config = transformers.AutoConfig.from_pretrained(directory)
     state = load_file(weights)
-    with torch.device("meta"):
-        model = cls(config)
-        for name, cfg in meta["layers"].items():
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, from_config(cfg, device="meta"))
     for alias, source in meta.get("tied", {}).items():
         state[alias] = state[source]
+    with torch.device("meta"):
+        model = cls(config)
+        _rebuild_structure(model, meta, state)
     buffers = {k[len(_BUFFER_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(_BUFFER_PREFIX)}
     model.load_state_dict(state, strict=True, assign=True)
     for name, value in buffers.items():

@@ -2,6 +2,7 @@
 
     modaq quantize --model Qwen/Qwen2-VL-7B-Instruct --method mbq --format w4a8 --vision-format w8a8 \\
                    --calib coco:captions_train2017.json,train2017 --out qwen2vl-w4a8-mbq
+    modaq quantize --model tiny:qwen2_vl --method flatquant --weighting scale-ratio --format w4a4 --out q
     modaq demo                      # tiny built-in VLM, every method, fidelity table (CPU, < 1 min)
     modaq inspect DIR               # what a saved quantized model holds
 """
@@ -13,7 +14,8 @@ import sys
 
 from . import formats
 
-_METHODS = ("rtn", "gptq", "awq", "smoothquant", "mbq")
+_METHODS = ("rtn", "gptq", "awq", "smoothquant", "mbq", "quarot", "flatquant")
+_WEIGHTINGS = ["auto", "none", "mbq", "scale_ratio", "scale-ratio", "fixed"]
 _FORMATS = sorted(formats.FORMATS)
 _CALIB_HELP = ("calibration data: synthetic[:N] | coco:ANNOTATIONS.json,IMAGE_DIR | "
                "sharegpt4v:FILE.json,IMAGE_DIR | jsonl:FILE.jsonl[,IMAGE_DIR]")
@@ -29,14 +31,21 @@ def _add_quant_options(p: argparse.ArgumentParser, method: str = "mbq", fmt: str
     g.add_argument("--projector-format", default=None, choices=_FORMATS + ["none"],
                    help="projector format (default: --vision-format)")
     g.add_argument("--group-size", type=int, default=128, help="weight group size of w3a16 / w4a16 (64 or 128)")
-    g.add_argument("--modality", default="auto", choices=["auto", "none", "mbq", "scale_ratio", "fixed"],
-                   help="modality weighting of the loss (auto: mbq for --method mbq, else none)")
+    g.add_argument("--modality", "--weighting", dest="modality", default="auto", choices=_WEIGHTINGS,
+                   help="modality weighting of the loss: mbq (gradients), scale-ratio (lambda_vis = beta * "
+                   "S_txt / S_vis), fixed, none (auto: mbq for --method mbq, scale-ratio for flatquant, else none)")
     g.add_argument("--loss", default="auto", choices=["auto", "mae", "mse"],
                    help="reconstruction loss (auto: mae for mbq)")
     g.add_argument("--beta", type=float, default=0.1, help="beta of the scale_ratio weighting (default 0.1)")
     g.add_argument("--fixed-weights", type=float, nargs=2, default=(0.1, 1.0), metavar=("VISION", "TEXT"),
                    help="weights of --modality fixed (default 0.1 1.0)")
     g.add_argument("--no-clip", action="store_true", help="skip the weight clipping search of awq / mbq")
+    g.add_argument("--rotation-weights", default="auto", choices=["auto", "gptq", "rtn"],
+                   help="weight quantizer after quarot / flatquant transforms (auto: gptq for quarot, rtn for "
+                   "flatquant)")
+    g.add_argument("--epochs", type=int, default=15, help="flatquant training epochs per block (default 15)")
+    g.add_argument("--language-calib", default="multimodal", choices=["multimodal", "text"],
+                   help="text: calibrate the decoder on the samples without their images (ablation)")
     g.add_argument("--device", default="auto", help="calibration device: auto, cpu, cuda, cuda:N")
     g.add_argument("--offload-activations", action="store_true", help="keep captured activations on the CPU")
     g.add_argument("--seed", type=int, default=0)
@@ -47,9 +56,11 @@ def _config(args, samples: int):
 
     return QuantConfig(method=args.method, format=args.format, vision_format=args.vision_format,
                        projector_format=args.projector_format, group_size=args.group_size, samples=samples,
-                       visual_token_budget=getattr(args, "visual_token_budget", None), modality=args.modality,
+                       visual_token_budget=getattr(args, "visual_token_budget", None),
+                       modality=args.modality.replace("-", "_"),
                        loss=args.loss, beta=args.beta, fixed_weights=tuple(args.fixed_weights),
-                       clip=False if args.no_clip else None, device=args.device,
+                       clip=False if args.no_clip else None, rotation_weights=args.rotation_weights,
+                       flat_epochs=args.epochs, language_calibration=args.language_calib, device=args.device,
                        offload_activations=args.offload_activations, seed=args.seed,
                        progress=not getattr(args, "quiet", False))
 
@@ -103,7 +114,8 @@ def _write_report(args, config, model, result) -> None:
 def cmd_demo(args) -> int:
     from .calib.demo import run_demo
 
-    run_demo(family=args.family, methods=args.methods.split(","), fmt=args.format, vision_format=args.vision_format,
+    run_demo(family=args.family, methods=[m for m in args.methods.split(",") if m], fmt=args.format,
+             vision_format=args.vision_format,
              samples=args.samples, device=args.device, threads=args.threads, json_path=args.json)
     return 0
 
@@ -147,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "modality and the KL divergence on text positions against the FP model.")
     d.add_argument("--family", default="qwen2_vl",
                    help="tiny model family (qwen2_vl, qwen2_5_vl, llava, llava_onevision, internvl)")
-    d.add_argument("--methods", default=",".join(_METHODS), help="comma-separated methods (default: all)")
+    d.add_argument("--methods", default="", help="comma-separated methods (default: all that take the format)")
     d.add_argument("--format", default="w4a8", choices=_FORMATS, help="language decoder format (default w4a8)")
     d.add_argument("--vision-format", default="w8a8", choices=_FORMATS + ["none"],
                    help="vision / projector format (default w8a8)")

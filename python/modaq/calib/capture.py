@@ -82,6 +82,18 @@ def to_device(obj, device: torch.device, memo: dict | None = None):
     return obj
 
 
+def cast_floating(obj, dtype: torch.dtype):
+    """Floating tensors inside (nested) tuples / lists / dicts cast to `dtype` (ids, masks of
+    integers and cu_seqlens untouched)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, dict):
+        return {k: cast_floating(v, dtype) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(cast_floating(v, dtype) for v in obj)
+    return obj
+
+
 def move_except(root: nn.Module, device: torch.device, keep: list[nn.Module]) -> None:
     """Move `root` to `device` except the subtrees in `keep` (left where they are)."""
     keep_ids = {id(m) for m in keep}

@@ -2,7 +2,11 @@
 
 Defaults follow the papers: group size 128 for weight-only formats, 128 calibration samples,
 MAE reconstruction loss for MBQ (MSE for the others), a 20-point equalization grid (AWQ), beta = 0.1
-for the scale-ratio weighting.  Per-component formats: `format` is the language decoder's,
+for the scale-ratio weighting; FlatQuant's 15 epochs, AdamW lr 5e-3 (transforms) / 5e-2
+(clipping), 4 samples per step, SmoothQuant-style scale init with alpha 0.3, RTN weights;
+QuaRot's GPTQ after the rotation.  Modality weighting 'auto': MBQ's gradients for mbq, the scale
+ratio x beta for flatquant (the modality-aware rotation paper), none otherwise (MBQ(Rot) is
+quarot with modality='mbq').  Per-component formats: `format` is the language decoder's,
 `vision_format` the vision tower's (default: `format`), `projector_format` the projector's
 (default: `vision_format`); "none" keeps a component in floating point.  MQuant's setting is
 format="w4a8", vision_format="w8a8".
@@ -17,10 +21,12 @@ from .. import formats
 from ..ops.weight_only import GROUP_SIZES
 from .modality import WEIGHTING_KINDS, ModalityWeights
 
-METHODS = ("rtn", "gptq", "awq", "smoothquant", "mbq")
+METHODS = ("rtn", "gptq", "awq", "smoothquant", "mbq", "quarot", "flatquant")
 COMPONENTS = ("vision", "projector", "language")
 LOSSES = ("mae", "mse")
 KEEP_FP = "none"
+ROTATION_WEIGHTS = ("auto", "gptq", "rtn")
+LANGUAGE_CALIBRATION = ("multimodal", "text")
 
 
 def _check_format(name: str, value) -> None:
@@ -55,6 +61,14 @@ class QuantConfig:
     max_search_tokens: int = 4096
     gptq_damp: float = 0.01
     gptq_block_size: int = 128
+    rotation_weights: str = "auto"  # weights after quarot / flatquant transforms: auto = gptq / rtn (the papers')
+    flat_epochs: int = 15  # FlatQuant: epochs over the calibration set per block
+    flat_lr: float = 5e-3  # AdamW lr of the Kronecker factors and per-channel scales
+    flat_clip_lr: float = 5e-2  # AdamW lr of the weight clipping factors (10x, as FlatQuant)
+    flat_batch: int = 4  # samples per optimizer step
+    flat_diag_alpha: float = 0.3  # SmoothQuant-style init of the per-channel scales
+    flat_weight_clip: bool = True  # learnable per-row weight clipping (FlatQuant's LWC)
+    language_calibration: str = "multimodal"  # "text": the decoder calibrates on the samples without images
     device: str = "auto"
     offload_activations: bool = False
     seed: int = 0
@@ -85,10 +99,33 @@ class QuantConfig:
             raise ValueError(f"clip_min_ratio: expected a value in (0, 1), got {self.clip_min_ratio!r}")
         if not self.gptq_damp > 0:
             raise ValueError(f"gptq_damp: expected a positive float, got {self.gptq_damp!r}")
+        self._check_rotation_options()
         if len(self.fixed_weights) != 2:
             raise ValueError(f"fixed_weights: expected (vision, text), got {self.fixed_weights!r}")
         self.modality_weights()  # validates beta and the fixed weights
         self.torch_device()
+
+    def _check_rotation_options(self) -> None:
+        if self.rotation_weights not in ROTATION_WEIGHTS:
+            raise ValueError(f"rotation_weights: expected one of {ROTATION_WEIGHTS}, got {self.rotation_weights!r}")
+        if self.language_calibration not in LANGUAGE_CALIBRATION:
+            raise ValueError(f"language_calibration: expected one of {LANGUAGE_CALIBRATION}, "
+                             f"got {self.language_calibration!r}")
+        for name in ("flat_epochs", "flat_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        for name in ("flat_lr", "flat_clip_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: expected a positive float, got {getattr(self, name)!r}")
+        if not 0 <= self.flat_diag_alpha <= 1:
+            raise ValueError(f"flat_diag_alpha: expected a value in [0, 1], got {self.flat_diag_alpha!r}")
+        if self.method == "flatquant":
+            for c in COMPONENTS:
+                fmt = self.format_for(c)
+                if fmt is not None and fmt.weight_only:
+                    raise ValueError(f"format: flatquant learns transforms for activation quantization; the {c} "
+                                     f"format {fmt.name} is weight-only (use w4a8 / w4a4 / w8a8, or gptq / awq)")
 
     # ------------------------------------------------------------------ derived choices
 
@@ -105,9 +142,16 @@ class QuantConfig:
         return self.group_size if fmt.weight_only else None
 
     def modality_weights(self) -> ModalityWeights:
-        kind = self.modality if self.modality != "auto" else ("mbq" if self.method == "mbq" else "none")
+        auto = {"mbq": "mbq", "flatquant": "scale_ratio"}.get(self.method, "none")
+        kind = self.modality if self.modality != "auto" else auto
         return ModalityWeights(kind, beta=self.beta, vision=float(self.fixed_weights[0]),
                                text=float(self.fixed_weights[1]))
+
+    def rotation_weight_quantizer(self) -> str:
+        """'gptq' or 'rtn': how quarot / flatquant quantize the transformed weights."""
+        if self.rotation_weights != "auto":
+            return self.rotation_weights
+        return "gptq" if self.method == "quarot" else "rtn"
 
     def loss_kind(self) -> str:
         return self.loss if self.loss != "auto" else ("mae" if self.method == "mbq" else "mse")

@@ -14,8 +14,9 @@ import time
 
 import torch
 
+from .. import formats
 from .adapters import get_adapter
-from .config import QuantConfig
+from .config import METHODS, QuantConfig
 from .data import load_calibration
 from .engine import calibrate
 from .report import format_summary_table, kl_text_positions
@@ -26,7 +27,10 @@ def run_demo(family: str = "qwen2_vl", methods: list[str] | None = None, fmt: st
              vision_format: str | None = "w8a8", samples: int = 16, device: str = "auto", threads: int | None = 1,
              json_path: str | None = None, print_fn=print) -> dict:
     """Run the demo; returns {method: CalibrationResult as dict}."""
-    methods = methods or ["rtn", "gptq", "awq", "smoothquant", "mbq"]
+    if not methods:  # every method that takes the format (flatquant needs quantized activations)
+        weight_only = formats.get_format(fmt).weight_only or (
+            vision_format not in (None, "none") and formats.get_format(vision_format).weight_only)
+        methods = [m for m in METHODS if not (m == "flatquant" and weight_only)]
     configs = {m: QuantConfig(method=m, format=fmt, vision_format=vision_format, samples=samples, device=device,
                               progress=False) for m in methods}  # validates every argument up front
     dev = next(iter(configs.values())).torch_device()

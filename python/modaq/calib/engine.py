@@ -1,18 +1,22 @@
 """Block-wise sequential calibration engine.
 
-    (MBQ weighting only) one backward pass for the per-Linear modality gradients
+    method.prepare(model)                                computation-invariant rewrites (rotations)
+    (MBQ weighting only) one backward pass for the per-Linear / per-block modality gradients
     for stage in (vision, projector, language):          formats per component, "none" skips
         capture every block's call for every sample      capture.py (earlier stages quantized)
         for block in stage:                              one block on the device at a time
             FP pass over all samples, hooks record each LinearGroup's input   records.py
-            method(block, groups) -> quantized weights (+ equalization scales)  methods/
+            method(block, groups) -> quantized weights (+ equalization scales, online
+                                     transforms; FlatQuant also trains on the block output)  methods/
             swap the Linears for modaq modules
             quantized pass -> the next block's inputs; block / Linear errors -> report
 
 So each block is calibrated on inputs that carry the quantization error of everything before it
-(as in AWQ / GPTQ).  Captured activations live on the device (or the CPU with
-offload_activations); the model's weights stay on the CPU except the block being calibrated and
-whatever runs before the current stage during a capture.
+(as in AWQ / GPTQ).  With language_calibration='text' the decoder stage runs on the samples
+without their images (the ablation of the modality-aware rotation paper's Table 2).  Captured
+activations live on the device (or the CPU with offload_activations); the model's weights stay on
+the CPU except the block being calibrated and whatever runs before the current stage during a
+capture.
 """
 from __future__ import annotations
 
@@ -25,10 +29,10 @@ from torch import nn
 from ..nn import QUANT_LINEARS
 from .adapters import get_adapter
 from .adapters.base import Adapter, Stage
-from .capture import SampleTrace, capture_stage, move_except, to_device
+from .capture import SampleTrace, capture_stage, cast_floating, move_except, to_device
 from .config import QuantConfig
 from .data import CalibSample
-from .methods import BlockJob, GroupJob, Method, get_method
+from .methods import BlockData, BlockJob, GroupJob, Method, get_method
 from .methods.common import supported_reason
 from .modality import ModalityStats, ModalityWeights
 from .records import InputRecord, OutputRecord
@@ -75,7 +79,7 @@ class Engine:
         self.adapter = adapter or get_adapter(model)
         self.device = config.torch_device()
         self.store = torch.device("cpu") if config.offload_activations else self.device
-        self.method: Method = get_method(config.method)
+        self.method: Method = get_method(config.method, config)
         self.weights: ModalityWeights = config.modality_weights()
         self.result = CalibrationResult(config.method)
         self.grads: dict[str, tuple] = {}
@@ -90,18 +94,18 @@ class Engine:
         training = self.model.training
         self.model.eval().to("cpu")
         try:
+            self.result.notes += self.method.prepare(self.model, self.adapter)
             if self.weights.needs_gradients:
                 t = time.perf_counter()
                 self.grads = modality_gradients(self.model, self.adapter, self.samples, self.device,
                                                 self.config.progress)
                 self.result.stage_seconds["sensitivity"] = time.perf_counter() - t
             stages = self.adapter.stages()
-            masks = [self.adapter.modality_mask(s.input_ids).reshape(-1) for s in self.samples]
             for si, stage in enumerate(stages):
                 fmt = self.config.format_for(stage.kind)
                 if fmt is not None:
                     t = time.perf_counter()
-                    self._stage(stages, si, fmt, masks if stage.kind == "language" else [None] * len(masks))
+                    self._stage(stages, si, fmt, *self._stage_samples(stage.kind))
                     self.result.stage_seconds[stage.kind] = time.perf_counter() - t
         finally:
             self.model.to(home).train(training)
@@ -110,7 +114,16 @@ class Engine:
             self.result.peak_gpu_bytes = int(torch.cuda.max_memory_allocated(self.device))
         return self.result
 
-    def _stage(self, stages: list[Stage], si: int, fmt, masks: list) -> None:
+    def _stage_samples(self, kind: str) -> tuple[list[CalibSample], list]:
+        """(samples, per-sample vision masks) a stage calibrates on."""
+        if kind != "language":
+            return self.samples, [None] * len(self.samples)
+        samples = self.samples
+        if self.config.language_calibration == "text":
+            samples = [self.adapter.text_only(s) for s in samples]
+        return samples, [self.adapter.modality_mask(s.input_ids).reshape(-1) for s in samples]
+
+    def _stage(self, stages: list[Stage], si: int, fmt, samples: list[CalibSample], masks: list) -> None:
         """Capture the stage's block calls (earlier stages, already quantized, run on the device;
         this and later stages' blocks stay on the CPU), then calibrate its blocks in order."""
         from tqdm.auto import tqdm
@@ -118,7 +131,7 @@ class Engine:
         stage = stages[si]
         later = [b for st in stages[si:] for b in st.blocks] + [self.adapter.lm_head()]
         move_except(self.model, self.device, later)
-        traces = capture_stage(self.model, stage, self.samples, self.device, self.store, masks)
+        traces = capture_stage(self.model, stage, samples, self.device, self.store, masks)
         self.model.to("cpu")
         hidden = [tr.hidden for tr in traces]
         for bi in tqdm(range(len(stage.blocks)), desc=f"{stage.kind} blocks", disable=not self.config.progress):
@@ -157,6 +170,36 @@ class Engine:
         stats = ModalityStats(rec.count[True], rec.count[False], out.mean_scale(True), out.mean_scale(False), gv, gt)
         return self.weights.coefficients(stats)
 
+    def _block_data(self, block_name: str, bi: int, traces: list[SampleTrace], hidden: list[torch.Tensor],
+                    fp_out: list[torch.Tensor]) -> BlockData:
+        """The block's samples for methods that train on its output, and the (a_v, a_t) of its
+        loss from the FP output's per-modality scales (or the block's MBQ gradients)."""
+        def run(block: nn.Module, i: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+            call, h = traces[i].calls[bi], hidden[i]
+            if self.store != self.device:
+                call = type(call)(to_device(call.args, self.device), to_device(call.kwargs, self.device),
+                                  call.hidden_as_kwarg)
+                h = h.to(self.device)
+            if dtype is not None:
+                call = type(call)(cast_floating(call.args, dtype), cast_floating(call.kwargs, dtype),
+                                  call.hidden_as_kwarg)
+                h = h.to(dtype)
+            return call.run(block, h)
+
+        count, scale = {True: 0, False: 0}, {True: 0.0, False: 0.0}
+        for trace, y in zip(traces, fp_out):
+            y = y.float().reshape(-1, y.shape[-1])
+            phi = y.norm(dim=-1) / y.shape[-1]  # the paper's eq. 9
+            vis = torch.ones_like(phi, dtype=torch.bool) if trace.vision_mask is None \
+                else trace.vision_mask.reshape(-1).to(phi.device)
+            for flag in (True, False):
+                count[flag] += int((vis == flag).sum())
+                scale[flag] += float(phi[vis == flag].sum())
+        gv, gt = self.grads.get(block_name, (None, None))
+        stats = ModalityStats(count[True], count[False], scale[True] / max(count[True], 1),
+                              scale[False] / max(count[False], 1), gv, gt)
+        return BlockData(run, fp_out, [tr.vision_mask for tr in traces], self.weights.coefficients(stats))
+
     def _block(self, stage: Stage, bi: int, fmt, traces: list[SampleTrace], hidden: list[torch.Tensor]):
         block, block_name = stage.blocks[bi], stage.names[bi]
         group_size = self.config.group_size_for(fmt)
@@ -175,18 +218,27 @@ class Engine:
                       for g, ok, frozen, rec, outs in jobs]
         originals = {n: (lin.weight.detach().clone(), None if lin.bias is None else lin.bias.detach().clone())
                      for gj in group_jobs for n, lin in gj.linears.items()}
-        plans = self.method.run(BlockJob(block, fmt, group_size, group_jobs, self.config))
+        data = self._block_data(block_name, bi, traces, hidden, fp_out) if self.method.needs_block_data else None
+        plans = self.method.run(BlockJob(block, fmt, group_size, group_jobs, self.config, block_name, data))
         cls = QUANT_LINEARS[fmt.name]
         for name, plan in plans.items():
             lin = block.get_submodule(name)
             _set_submodule(block, name, cls.from_quantized(plan.weight, lin.bias, group_size=group_size,
-                                                           smooth=plan.smooth, dtype=lin.weight.dtype))
+                                                           smooth=plan.smooth, rotation=plan.rotation,
+                                                           dtype=lin.weight.dtype))
+            if plan.rotation is not None:
+                r = plan.rotation
+                self.result.transforms[f"{block_name}.{name}"] = (
+                    f"hadamard {r.size}" if r.kind == "hadamard" else f"kron {r.left.shape[0]}x{r.right.shape[0]}")
         self._layer_errors(stage, block, block_name, group_jobs, plans, originals)
         q_out = self.run_block(block, bi, traces, hidden)
         acc = ErrorAccumulator()
         for trace, y, yq in zip(traces, fp_out, q_out):
             acc.add(y, yq, trace.vision_mask)
         self.result.blocks.append(acc.row(block_name, stage.kind))
+        losses = getattr(self.method, "losses", {}).get(block_name)
+        if losses is not None:
+            self.result.block_losses[block_name] = vars(losses)
         block.to("cpu")
         return q_out
 

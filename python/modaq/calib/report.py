@@ -37,6 +37,9 @@ class CalibrationResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     peak_gpu_bytes: int | None = None
     kl_text: float | None = None
+    notes: list[str] = field(default_factory=list)  # what the method's preparation did / could not do
+    transforms: dict[str, str] = field(default_factory=dict)  # Linear -> its online transform
+    block_losses: dict[str, dict[str, float]] = field(default_factory=dict)  # FlatQuant: identity / init / final
 
     def mean_block_error(self, stage: str, modality: str) -> float | None:
         vals = [getattr(r, modality) for r in self.blocks if r.stage == stage and getattr(r, modality) is not None]

@@ -2,7 +2,8 @@
 
 One forward + backward pass of the SFT (caption) loss per calibration sample on the FP model
 (labels cover the answer tokens only, see data.py).  A forward hook on every Linear of the three
-stages registers a tensor hook on its output Y; the tensor hook adds sum |dL/dY| over the
+stages (and on every block: FlatQuant weights its block-output loss) registers a tensor hook on
+its output Y; the tensor hook adds sum |dL/dY| over the
 sample's vision positions and over its text positions.  The result per Linear is
 
     g_v = sum_{samples} sum_{t in V} sum_c |dL/dY_tc| / (#vision positions * channels)
@@ -39,10 +40,11 @@ class _GradAccumulator:
 
 
 def _linear_stages(adapter: Adapter) -> dict[str, str]:
-    """{full name of every Linear in the adapter's blocks: stage kind}."""
+    """{full name of every block and of every Linear in it: stage kind}."""
     stage_of = {}
     for stage in adapter.stages():
         for bname, block in zip(stage.names, stage.blocks):
+            stage_of[bname] = stage.kind
             for lname, mod in block.named_modules():
                 if isinstance(mod, nn.Linear):
                     stage_of[f"{bname}.{lname}"] = stage.kind
@@ -51,7 +53,8 @@ def _linear_stages(adapter: Adapter) -> dict[str, str]:
 
 def modality_gradients(model: nn.Module, adapter: Adapter, samples: list[CalibSample],
                        device: torch.device, progress: bool = False) -> dict[str, tuple[float | None, float | None]]:
-    """{full Linear name: (g_v, g_l)} for every Linear in the adapter's stages (see module docstring)."""
+    """{full name: (g_v, g_l)} for every Linear in the adapter's stages and every block (the
+    block's output gradient, for methods whose loss is the block output: FlatQuant)."""
     from tqdm.auto import tqdm
 
     stage_of = _linear_stages(adapter)
@@ -61,6 +64,7 @@ def modality_gradients(model: nn.Module, adapter: Adapter, samples: list[CalibSa
 
     def forward_hook(name: str):
         def hook(mod, inputs, output):
+            output = output[0] if isinstance(output, (tuple, list)) else output
             if not output.requires_grad:
                 return
             tokens = output.numel() // output.shape[-1]

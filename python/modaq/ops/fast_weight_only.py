@@ -1,7 +1,8 @@
 """Fast backends of modaq::w3a16_gemm and modaq::w4a16_gemm.
 
 By M (rows of x); crossovers measured on an H100 (benchmarks/results/weight_only_*.md):
-  M <= GEMV_MAX_M (16) : CUDA fused dequant GEMV (csrc/weight_only_gemv.cu), one launch;
+  M <= GEMV_MAX_M (16) : CUDA fused dequant GEMV (csrc/weight_only_gemv.cu), one launch (the C++
+                         side picks the shared-memory or the register pipelined kernel by M, N);
   M >  GEMV_MAX_M      : CUDA dequantize to x.dtype, then cuBLAS (F.linear).  At M = 64 this
                          beat the GEMV in 16-row launches on 4 of 7 shapes (2x on the small
                          ones, within 7% on the others); at M = 1024 it costs 1.22-1.38x FP16.
@@ -44,9 +45,10 @@ def _aligned(x: torch.Tensor) -> torch.Tensor:
 
 
 def run_gemv(bits: int, x: torch.Tensor, qweight, scales, zeros, n: int, group_size: int, bias=None,
-             splits: int = 0) -> torch.Tensor:
+             splits: int = 0, kernel: int = 0) -> torch.Tensor:
     """CUDA fused GEMV, x [M, K] in launches of 16 rows; `splits` forces the cluster K split
-    (0 = heuristic)."""
+    (0 = heuristic); `kernel` forces 1 = shared-memory pipelined, 2 = register pipelined
+    (0 = by M and N, see csrc/weight_only_gemv_launch.cuh)."""
     m, k = x.shape
     x = _aligned(x)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
@@ -56,7 +58,7 @@ def run_gemv(bits: int, x: torch.Tensor, qweight, scales, zeros, n: int, group_s
         rows = min(CUDA_MAX_M, m - m0)
         _cuda._C.weight_only_gemv(_cuda.ptr(x[m0:]), _cuda.ptr(qweight), _cuda.ptr(scales), _cuda.ptr(zeros),
                                   _cuda.ptr(bias), bias_code, _cuda.ptr(y[m0:]), rows, n, k, bits, group_size,
-                                  _cuda.DTYPE_CODE[x.dtype], splits, dev, stream)
+                                  _cuda.DTYPE_CODE[x.dtype], splits, dev, stream, kernel)
     return y
 
 

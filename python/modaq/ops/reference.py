@@ -68,8 +68,8 @@ def hadamard_rows(x: torch.Tensor, signs: torch.Tensor | None) -> torch.Tensor:
     m, p = hadamard_factors(k)
     dt = _math_dtype(x)
     xf = x.to(dt)
-    if signs is not None:
-        xf = xf * signs.to(dt)
+    if signs is not None:  # .to(device): offline weight folding may hold signs elsewhere
+        xf = xf * signs.to(x.device, dt)
     xf = _fwht(xf.reshape(-1, m, p))
     if m > 1:
         hm = _core_matrix(m, dt, x.device)
@@ -82,7 +82,7 @@ def kron_rows(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch
     n1, n2 = left.shape[0], right.shape[0]
     dt = _math_dtype(x)
     xr = x.to(dt).reshape(-1, n1, n2)
-    y = torch.matmul(torch.matmul(left.to(dt).t(), xr), right.to(dt))
+    y = torch.matmul(torch.matmul(left.to(x.device, dt).t(), xr), right.to(x.device, dt))
     return y.reshape(x.shape)
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .streams import ResidualStream, llama_language_stream
+
 STAGE_KINDS = ("vision", "projector", "language")
 
 
@@ -136,8 +138,48 @@ class Adapter:
             raise ValueError(f"model: {type(self.model).__name__} has no output embeddings (lm_head)")
         return head
 
+    # ------------------------------------------------------------ residual streams
+
+    stream_limitation: str = ""  # why vision_stream() is None, for messages
+
+    def vision_stream(self) -> ResidualStream | None:
+        """The vision tower's residual stream, or None when it cannot be rotated offline."""
+        return None
+
+    def language_stream_vectors(self) -> tuple[str, ...]:
+        """Parameters written into the decoder stream besides embeddings and projector output."""
+        return ()
+
+    def language_stream(self) -> ResidualStream:
+        """The decoder's residual stream (Llama / Qwen2-style decoder layers)."""
+        lname, layers = self.language_blocks()
+        final_norm = f"{lname.rsplit('.', 1)[0]}.norm"
+        get_submodule(self.model, final_norm)
+        pname, proj = self.projector()
+        last = [n for n, m in proj.named_modules() if isinstance(m, nn.Linear)][-1]
+        return llama_language_stream(int(self.config.get_text_config().hidden_size),
+                                     module_name(self.model, self.model.get_input_embeddings()), lname,
+                                     len(layers), final_norm, module_name(self.model, self.lm_head()),
+                                     f"{pname}.{last}", self.language_stream_vectors())
+
+    def text_only(self, sample):
+        """The sample without its image: the image-token positions removed, no pixel inputs
+        (the decoder then sees the prompt and answer as plain text)."""
+        from ..data import CalibSample
+
+        keep = ~self.modality_mask(sample.input_ids)[0]
+        ids = sample.input_ids[:, keep]
+        return CalibSample({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, sample.labels[:, keep])
+
 
 # --------------------------------------------------------------------------- helpers
+
+def module_name(root: nn.Module, module: nn.Module) -> str:
+    for name, mod in root.named_modules():
+        if mod is module:
+            return name
+    raise ValueError(f"model: {type(module).__name__} is not a submodule of {type(root).__name__}")
+
 
 def get_submodule(root: nn.Module, name: str) -> nn.Module:
     try:

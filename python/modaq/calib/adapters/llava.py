@@ -9,12 +9,20 @@
 LLaVA feeds the decoder the output of vision layer `vision_feature_layer` (-2 for LLaVA-1.5,
 -1 for OneVision), so later vision layers never reach the decoder: they are quantized anyway
 (they stay in the checkpoint) and their MBQ gradients are zero.
+
+Residual streams: the projector reads the raw hidden states of a vision layer (no norm in
+between), so the vision stream cannot be centered (LayerNorm -> RMSNorm would change the
+projector's input): SigLIP's stream keeps its LayerNorms and takes mean-preserving rotations.
+CLIP's pre_layrnorm writes the stream's start through its affine, which no rotation passes:
+LLaVA-1.5's vision stream is not rotated (QuaRot then uses online Hadamards there).  The decoder
+stream is rotated like every family's; OneVision also writes its image_newline into it.
 """
 from __future__ import annotations
 
 from torch import nn
 
 from .base import Adapter, LinearGroup, get_submodule, has_submodule, vit_groups
+from .streams import NormReader, ResidualStream, Writer
 
 
 class LlavaAdapter(Adapter):
@@ -43,3 +51,31 @@ class LlavaAdapter(Adapter):
 
     def projector_groups(self, block: nn.Module) -> list[LinearGroup]:
         return [LinearGroup(("linear_1",)), LinearGroup(("linear_2",))]
+
+    def vision_stream(self) -> ResidualStream | None:
+        name, layers = self.vision_blocks()
+        tower = name.rsplit(".encoder.layers", 1)[0]
+        if has_submodule(self.model, f"{tower}.pre_layrnorm"):
+            self.stream_limitation = "CLIP's pre_layrnorm writes the vision stream through its affine"
+            return None
+        emb = f"{tower}.embeddings"
+        writers = [Writer(f"{emb}.patch_embedding", "conv"), Writer(f"{emb}.position_embedding", "embedding")]
+        readers = []
+        for i in range(len(layers)):
+            p = f"{name}.{i}"
+            writers += [Writer(f"{p}.self_attn.out_proj", "linear"), Writer(f"{p}.mlp.fc2", "linear")]
+            readers += [NormReader(f"{p}.layer_norm1", tuple(f"{p}.self_attn.{n}_proj" for n in "qkv")),
+                        NormReader(f"{p}.layer_norm2", (f"{p}.mlp.fc1",))]
+        proj, _ = self.projector()
+        dim = int(layers[0].layer_norm1.weight.numel())
+        return ResidualStream("vision", dim, tuple(writers), tuple(readers), raw_readers=(f"{proj}.linear_1",),
+                              centerable=False)
+
+    def language_stream_vectors(self) -> tuple[str, ...]:
+        for name in ("model.image_newline", "image_newline"):
+            try:
+                self.model.get_parameter(name)
+                return (name,)
+            except AttributeError:
+                continue
+        return ()

@@ -9,12 +9,18 @@
 The merger's ln_q normalizes 1 patch (D channels) but mlp.0 reads 4 patches (4D), so ln_q cannot
 absorb a 4D scale: mlp.0 keeps its scale in the module.  attn.proj reads the v part of the fused
 qkv output; folding into a slice of qkv is not done, so it keeps its scale too.
+
+Vision residual stream: patch_embed.proj writes it (no position embeddings: rotary), attn.proj
+and fc2 / down_proj add to it, norm1 / norm2 and the merger's ln_q read it (ln_q -> mlp.0 reads
+4 patches, tile 4).  Qwen2-VL's norms are LayerNorms (centered and converted before rotating),
+Qwen2.5-VL's RMSNorms.
 """
 from __future__ import annotations
 
 from torch import nn
 
 from .base import Adapter, LinearGroup, get_submodule, has_submodule
+from .streams import NormReader, ResidualStream, Writer
 
 
 class Qwen2VLAdapter(Adapter):
@@ -46,3 +52,18 @@ class Qwen2VLAdapter(Adapter):
 
     def projector_groups(self, block: nn.Module) -> list[LinearGroup]:
         return [LinearGroup(("mlp.0",)), LinearGroup(("mlp.2",))]
+
+    def vision_stream(self) -> ResidualStream:
+        visual = self._visual()
+        _, blocks = self.vision_blocks()
+        dim = int(blocks[0].norm1.weight.numel())
+        writers, readers = [Writer(f"{visual}.patch_embed.proj", "conv")], []
+        for i, block in enumerate(blocks):
+            p = f"{visual}.blocks.{i}"
+            mlp = ((f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"), f"{p}.mlp.down_proj") \
+                if has_submodule(block, "mlp.gate_proj") else ((f"{p}.mlp.fc1",), f"{p}.mlp.fc2")
+            writers += [Writer(f"{p}.attn.proj", "linear"), Writer(mlp[1], "linear")]
+            readers += [NormReader(f"{p}.norm1", (f"{p}.attn.qkv",)), NormReader(f"{p}.norm2", mlp[0])]
+        merger_name, merger = self.projector()
+        readers.append(NormReader(f"{merger_name}.ln_q", (f"{merger_name}.mlp.0",), merger.hidden_size // dim))
+        return ResidualStream("vision", dim, tuple(writers), tuple(readers))

@@ -1,0 +1,163 @@
+// Host side of the weight-only fused GEMVs: the cluster K split of the shared-memory pipelined
+// kernel (weight_only_gemv.cuh), its launch, and the dispatch between it and the register-
+// pipelined kernel (weight_only_gemv_regs.cuh) over M, N, dtype, group size and token tiles.
+#pragma once
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "weight_only_gemv.cuh"
+#include "weight_only_gemv_regs.cuh"
+
+namespace modaq {
+namespace woq {
+
+constexpr int kStages = 5;  // ring slots per warp: 4 blocks (6 / 8 KB for W3 / W4) in flight
+constexpr int kAutoKernel = 0, kSmemKernel = 1, kRegsKernel = 2;  // the entry point's `kernel`
+
+struct DeviceInfo {
+  int sms = 0;
+  int major = 0;
+  int smem_optin = 0;  // max dynamic shared memory per CTA
+};
+
+inline DeviceInfo device_info(int device) {
+  static DeviceInfo cache[64];
+  if (device < 0 || device >= 64) throw std::invalid_argument("modaq._C: device index out of range");
+  DeviceInfo& info = cache[device];
+  if (info.sms == 0) {  // benign race: every thread writes the same values
+    check_cuda(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, device), "device attribute");
+    check_cuda(cudaDeviceGetAttribute(&info.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+               "device attribute");
+    check_cuda(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, device), "device attribute");
+  }
+  return info;
+}
+
+// K split (cluster size): the one closest to one CTA per SM.  Fitted to a sweep on an H100
+// (W3, M = 1; benchmarks/results/weight_only_*.md): the fewest splits that fill the SMs won,
+// e.g. 3584 x 18944 (296 CTAs unsplit): 1 -> 18.7 us, 8 -> 24.9 us; 14336 x 4096 (64 CTAs):
+// 2 -> 14.0 us, 4 -> 16.7 us.  Extra splits cost more (per-CTA x staging and pipeline fill,
+// cluster barrier, DSMEM reduction) than the SM imbalance they remove.
+inline int choose_splits(int row_blocks, int sms, int max_splits) {
+  const int s = (sms + row_blocks / 2) / row_blocks;  // round(sms / row_blocks)
+  return std::max(1, std::min(s, max_splits));
+}
+
+// Grid of the shared-memory kernel for p: K split, shared memory, and how many of its CTAs
+// an SM holds (fits = false: x of p.M rows does not fit at any split).
+struct SmemPlan {
+  int row_blocks = 0, splits = 0, kt_per_split = 0, ctas_per_sm = 0;
+  size_t smem = 0;
+  bool fits = false;
+};
+
+template <typename T, int BITS, int GROUP, int MT, int STAGES>
+SmemPlan plan_gemv(const GemvArgs& p, int splits, int device) {
+  using C = GemvConfig<T, BITS, GROUP, MT, STAGES>;
+  auto kernel = weight_only_gemv_kernel<T, BITS, GROUP, MT, STAGES>;
+  const DeviceInfo info = device_info(device);
+  static bool opted_in[64] = {};
+  if (!opted_in[device]) {  // allow the large dynamic shared memory once per device
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, info.smem_optin),
+               "weight_only_gemv smem attribute");
+    opted_in[device] = true;
+  }
+  const int k_tiles = (p.K + kTileK - 1) / kTileK;
+  SmemPlan plan;
+  plan.row_blocks = ((p.N + kTileN - 1) / kTileN + C::kWarps - 1) / C::kWarps;
+  const int max_splits = info.major >= 9 ? std::min(kMaxSplits, k_tiles) : 1;  // clusters need sm_90
+  auto fits = [&](int kt) { return C::smem_bytes(p.M, kt) <= (size_t)info.smem_optin; };
+  auto kt_of = [&](int s) { return (k_tiles + s - 1) / s; };
+  if (splits <= 0) splits = choose_splits(plan.row_blocks, info.sms, max_splits);
+  splits = std::max(1, std::min(splits, max_splits));
+  while (!fits(kt_of(splits)) && splits < max_splits) ++splits;  // a split too small for x
+  if (!(plan.fits = fits(kt_of(splits)))) return plan;
+  plan.kt_per_split = kt_of(splits);
+  plan.splits = (k_tiles + plan.kt_per_split - 1) / plan.kt_per_split;  // no empty rank
+  plan.smem = C::smem_bytes(p.M, plan.kt_per_split);
+  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&plan.ctas_per_sm, kernel, C::kThreads, plan.smem),
+             "weight_only_gemv occupancy");
+  return plan;
+}
+
+template <typename T, int BITS, int GROUP, int MT, int STAGES>
+void launch_gemv(GemvArgs p, const SmemPlan& plan, cudaStream_t stream) {
+  using C = GemvConfig<T, BITS, GROUP, MT, STAGES>;
+  p.n_tiles = (p.N + kTileN - 1) / kTileN;
+  p.k_tiles = (p.K + kTileK - 1) / kTileK;
+  p.kt_per_split = plan.kt_per_split;
+  p.splits = plan.splits;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(plan.row_blocks * plan.splits);
+  cfg.blockDim = dim3(C::kThreads);
+  cfg.dynamicSmemBytes = plan.smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = plan.splits;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = plan.splits > 1 ? 1 : 0;
+  check_cuda(cudaLaunchKernelEx(&cfg, weight_only_gemv_kernel<T, BITS, GROUP, MT, STAGES>, p),
+             "weight_only_gemv launch");
+  check_launch("weight_only_gemv");
+}
+
+// Which kernel for kernel = kAutoKernel.  Fitted to the forced-kernel times of both kernels on
+// an H100 (benchmarks/results/weight_only_*.md, M = 1..16, 7 shapes, W3 / W4 / W4 bf16: within
+// 0.2% of the per-case best in total, worst case +5%; "M > 4 and N > 4096 -> registers" was
+// +46% worst): the shared-memory kernel when all its CTAs are resident at once (a second,
+// partial wave of CTAs that each stream a long K range leaves most SMs idle), and for M > 8
+// (8-warp CTAs) only unsplit or at >= 2 CTAs per SM (one CTA per SM does not hide the cluster
+// barrier and reduction).  Otherwise, and when x does not fit, the register-pipelined kernel.
+inline bool smem_kernel_wins(const SmemPlan& plan, int mt, int sms) {
+  if (!plan.fits || (long)plan.row_blocks * plan.splits > (long)plan.ctas_per_sm * sms) return false;
+  return mt == 1 || plan.splits == 1 || plan.ctas_per_sm >= 2;
+}
+
+template <typename T, int BITS, int GROUP, int MT>
+void launch_by_kernel(const GemvArgs& p, int splits, int kernel, int device, cudaStream_t stream) {
+  if (kernel != kRegsKernel) {
+    const SmemPlan plan = plan_gemv<T, BITS, GROUP, MT, kStages>(p, splits, device);
+    // forced kernel 1 falls back too when x does not fit (the register kernel stages x in chunks)
+    if (kernel == kSmemKernel ? plan.fits : smem_kernel_wins(plan, MT, device_info(device).sms)) {
+      launch_gemv<T, BITS, GROUP, MT, kStages>(p, plan, stream);
+      return;
+    }
+  }
+  regs::GemvArgs r = {};
+  r.x = p.x; r.qweight = p.qweight; r.scales = p.scales; r.zeros = p.zeros; r.bias = p.bias; r.y = p.y;
+  r.M = p.M; r.N = p.N; r.K = p.K; r.bias_dtype = p.bias_dtype;
+  regs::dispatch_gemv<T, BITS>(r, GROUP, splits, device, stream);
+}
+
+template <typename T, int BITS>
+void launch_rows(const GemvArgs& p, int group_size, int splits, int kernel, int device, cudaStream_t stream) {
+  if (p.M <= 8) {
+    group_size == 128 ? launch_by_kernel<T, BITS, 128, 1>(p, splits, kernel, device, stream)
+                      : launch_by_kernel<T, BITS, 64, 1>(p, splits, kernel, device, stream);
+  } else {
+    group_size == 128 ? launch_by_kernel<T, BITS, 128, 2>(p, splits, kernel, device, stream)
+                      : launch_by_kernel<T, BITS, 64, 2>(p, splits, kernel, device, stream);
+  }
+}
+
+// Dispatch over dtype for one bit width (one per .cu file, so the instantiations compile in
+// parallel).
+template <int BITS>
+void dispatch_gemv(const GemvArgs& p, int group_size, int dtype, int splits, int kernel, int device,
+                   cudaStream_t stream) {
+  dispatch_float(dtype, [&](auto tag) {
+    launch_rows<decltype(tag), BITS>(p, group_size, splits, kernel, device, stream);
+  });
+}
+
+void dispatch_gemv_w3(const GemvArgs& p, int group_size, int dtype, int splits, int kernel, int device,
+                      cudaStream_t stream);
+void dispatch_gemv_w4(const GemvArgs& p, int group_size, int dtype, int splits, int kernel, int device,
+                      cudaStream_t stream);
+
+}  // namespace woq
+}  // namespace modaq

@@ -1,0 +1,192 @@
+"""Block-wise training of FlatQuant transforms (FlatQuant sec. 3.3, train_utils.cali_flat_quant).
+
+For one block: every quantizable LinearGroup gets a KronTransform (shared by its members) and
+each member a FlatLinear (fake-quantized, learnable clipping) in place of its nn.Linear; the
+block then minimizes, over the calibration samples,
+
+    L = a_v * sum_{t in V} ||Y^q_t - Y_t||^2  +  a_t * sum_{t in T} ||Y^q_t - Y_t||^2
+
+with Y the FP block's output on the same input, (a_v, a_t) from modality.py (the language
+decoder with the scale-ratio weighting: a_v = beta * (S_txt / S_vis) / |V|, a_t = 1 / |T|, the
+modality-aware rotation paper's eq. 14; vision blocks: the plain mean, eq. 15).  AdamW (lr 5e-3
+for transforms and scales, 5e-2 for clipping), cosine decay to 1e-3 x lr, `batch` samples per
+step with the summed loss divided by its detached value (FlatQuant's normalization), in fp32.
+
+Then the transforms are deployed: each group's scale s = 1 / d folds into its producer (norm
+weight or previous Linear's rows) where it has one and stays in the module's `smooth` buffer
+otherwise; P = P1 (x) P2 stays online (Rotation.kron, the fused Kronecker quantize kernel); the
+weight is Q(clip(W diag(s) P^{-T})) computed in fp64 (Q: RTN as FlatQuant, or GPTQ).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ...nn import prepare_weight
+from ..methods.base import BlockJob, LinearPlan
+from ..methods.common import quantize_weight, token_error
+from ..methods.equalize import fold_scale
+from ..methods.gptq import gptq_quantize
+from .transforms import FlatLinear, KronTransform, smoothquant_init
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 15
+    lr: float = 5e-3
+    clip_lr: float = 5e-2
+    batch: int = 4
+    diag_alpha: float = 0.3
+    weight_clip: bool = True
+    loss: str = "mse"
+    seed: int = 0
+    weights: str = "rtn"  # or "gptq": GPTQ on the clipped, transformed weight
+    gptq_damp: float = 0.01
+    gptq_block_size: int = 128
+
+    @classmethod
+    def from_config(cls, cfg) -> "TrainSettings":
+        return cls(cfg.flat_epochs, cfg.flat_lr, cfg.flat_clip_lr, cfg.flat_batch, cfg.flat_diag_alpha,
+                   cfg.flat_weight_clip, cfg.loss_kind(), cfg.seed, cfg.rotation_weight_quantizer(),
+                   cfg.gptq_damp, cfg.gptq_block_size)
+
+
+@dataclass
+class BlockLosses:
+    """Block loss L (module docstring) over all samples: identity transforms (RTN), at the
+    initialization, after training."""
+
+    identity: float
+    init: float
+    final: float
+
+
+def _swap(block: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(block.get_submodule(parent) if parent else block, child, module)
+
+
+def _transforms(job: BlockJob, settings: TrainSettings, identity: bool) -> list[KronTransform]:
+    out = []
+    for gi, gj in enumerate(job.groups):
+        w = torch.cat([lin.weight.detach().float() for lin in gj.linears.values()])
+        scale = smoothquant_init(w.abs().amax(0), gj.record.abs_max.float().to(w.device), settings.diag_alpha)
+        out.append(KronTransform(w.shape[1], scale, seed=settings.seed + 2 * gi, identity=identity).to(w.device))
+    return out
+
+
+def _block_loss(job: BlockJob, i: int, loss: str) -> torch.Tensor:
+    data = job.data
+    y = data.run(job.block, i, torch.float32)
+    target = data.targets[i].to(y.device)
+    e = token_error((y.float() - target.float()).reshape(-1, y.shape[-1]), loss)
+    vis = data.vision[i]
+    vis = torch.ones_like(e, dtype=torch.bool) if vis is None else vis.reshape(-1).to(e.device)
+    a_v, a_t = data.coeffs
+    return a_v * e[vis].sum() + a_t * e[~vis].sum()
+
+
+@torch.no_grad()
+def _total_loss(job: BlockJob, loss: str) -> float:
+    return float(sum(_block_loss(job, i, loss) for i in range(len(job.data.targets))))
+
+
+def _optimize(job: BlockJob, transforms: list[KronTransform], wrappers: dict[str, FlatLinear],
+              settings: TrainSettings) -> None:
+    groups = [{"params": [p for t in transforms for p in t.parameters()], "lr": settings.lr}]
+    clips = [p for w in wrappers.values() if w.clip is not None for p in w.clip.parameters()]
+    if clips:
+        groups.append({"params": clips, "lr": settings.clip_lr})
+    opt = torch.optim.AdamW(groups)
+    n = len(job.data.targets)
+    steps = settings.epochs * -(-n // settings.batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=settings.lr * 1e-3)
+    with torch.enable_grad():
+        for _ in range(settings.epochs):
+            for start in range(0, n, settings.batch):
+                total = sum(_block_loss(job, i, settings.loss) for i in range(start, min(start + settings.batch, n)))
+                opt.zero_grad(set_to_none=True)
+                (total / total.detach().clamp(min=1e-30)).backward()
+                opt.step()
+                sched.step()
+
+
+def train_block(job: BlockJob, settings: TrainSettings) -> tuple[dict[str, LinearPlan], BlockLosses]:
+    """Train the block's transforms (module docstring) and return the deployed plans and losses.
+    The block's parameters are restored (and the scales folded); its Linears stay nn.Linear."""
+    if job.data is None:
+        raise ValueError("job: FlatQuant trains on the block output; the engine must pass BlockData")
+    if not job.groups:  # every Linear of the block stays FP (unsupported shapes)
+        return {}, BlockLosses(0.0, 0.0, 0.0)
+    block = job.block
+    dtypes = {n: p.dtype for n, p in block.named_parameters()}
+    buffer_dtypes = {n: b.dtype for n, b in block.named_buffers()}
+    flags = {p: p.requires_grad for p in block.parameters()}
+    block.float()
+    for p in block.parameters():
+        p.requires_grad_(False)
+    originals = {n: lin for gj in job.groups for n, lin in gj.linears.items()}
+    try:
+        losses, transforms, wrappers = _train(job, settings)
+    finally:
+        for name, lin in originals.items():
+            _swap(block, name, lin)
+        for n, p in block.named_parameters():
+            p.data = p.data.to(dtypes[n])
+            p.requires_grad_(flags.get(p, False))
+        for n, b in block.named_buffers():
+            b.data = b.data.to(buffer_dtypes[n])
+    return _deploy(job, transforms, wrappers, settings), losses
+
+
+def _install(job: BlockJob, transforms: list[KronTransform], settings: TrainSettings) -> dict[str, FlatLinear]:
+    wrappers = {}
+    for gj, t in zip(job.groups, transforms):
+        for name, lin in gj.linears.items():
+            wrappers[name] = FlatLinear(lin, t, job.fmt, settings.weight_clip)
+            _swap(job.block, name, wrappers[name])
+    return wrappers
+
+
+def _train(job: BlockJob, settings: TrainSettings):
+    ident = _transforms(job, settings, identity=True)
+    _install(job, ident, TrainSettings(weight_clip=False))
+    identity_loss = _total_loss(job, settings.loss)
+    transforms = _transforms(job, settings, identity=False)
+    wrappers = _install(job, transforms, settings)
+    init_loss = _total_loss(job, settings.loss)
+    _optimize(job, transforms, wrappers, settings)
+    return BlockLosses(identity_loss, init_loss, _total_loss(job, settings.loss)), transforms, wrappers
+
+
+def transformed_gram(h: torch.Tensor, s: torch.Tensor, rot) -> torch.Tensor:
+    """P^T diag(1/s) H diag(1/s) P (fp64): the Gram matrix of the module's inputs (x / s) P."""
+    inv = 1.0 / s.double().to(h.device)
+    a = h.double() * inv[:, None] * inv[None, :]
+    return rot.apply(rot.apply(a).t().contiguous())
+
+
+@torch.no_grad()
+def _deploy(job: BlockJob, transforms: list[KronTransform], wrappers: dict[str, FlatLinear],
+            settings: TrainSettings) -> dict[str, LinearPlan]:
+    """Fold every group's scale first (a producer may be another group's member), then quantize
+    each member's current weight in the transformed basis (RTN, or GPTQ with the transformed
+    modality-weighted Hessian)."""
+    deployed = [t.deployed() for t in transforms]
+    folded = [fold_scale(job.block, gj, s.to(next(iter(gj.linears.values())).weight.device))
+              for gj, (s, _) in zip(job.groups, deployed)]
+    plans = {}
+    for gj, (s, rot), is_folded in zip(job.groups, deployed, folded):
+        for name, lin in gj.linears.items():
+            w = prepare_weight(lin.weight, None if is_folded else s.to(lin.weight.device), rot)
+            w = wrappers[name].clip_weight(w.to(next(wrappers[name].parameters()).device)).to(lin.weight.device)
+            if settings.weights == "gptq":
+                h = transformed_gram(gj.record.gram_matrix(*gj.coeffs[name]), s, rot)
+                qw = gptq_quantize(w, h, job.fmt, job.group_size, settings.gptq_damp, settings.gptq_block_size)
+            else:
+                qw = quantize_weight(w, job.fmt, job.group_size)
+            plans[name] = LinearPlan(qw, smooth=None if is_folded else s, input_scale=s if is_folded else None,
+                                     rotation=rot)
+    return plans

@@ -1,0 +1,125 @@
+"""FlatQuant-style learnable transforms and the fake-quantized Linear they train through.
+
+For a LinearGroup with shared input x [T, K] (K = n1 * n2, hadamard.kron_factors) the
+transform is an invertible P = P1 (x) P2 with a per-channel scale d:
+
+    x  ->  x' = (x * d) P          (online: QuantLinear smooth s = 1 / d, Rotation.kron(P1, P2))
+    W  ->  W' = (W / d) P^{-T}     (offline: folded into the weight, P^{-1} in fp64)
+
+so x' W'^T = x W^T.  P1, P2 are plain matrices (FlatQuant's direct-inverse parameterization),
+initialized Haar-random orthogonal; d is initialized SmoothQuant-style,
+d = max|W|^(1 - alpha) / max|x|^alpha per input channel (FlatQuant's diag_init, alpha = 0.3).
+Learnable weight clipping (FlatQuant's LWC): per output row, the range shrinks to
+[sigmoid(c_min) min w, sigmoid(c_max) max w] (c initialized to 4, sigmoid(4) = 0.982).
+
+Quantizers match the deployed modules (formats.py): per-token symmetric activations
+(scale = absmax / qmax), per-output-channel symmetric weights, round-to-nearest; the rounding
+passes gradients straight through (STE).  Activation clipping (FlatQuant's LAC) is not learned:
+the fused quantize_act kernel quantizes with the plain per-token absmax, so a learned clip ratio
+could not be deployed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ... import formats
+from ...hadamard import kron_factors
+from ...nn import Rotation
+from ...ops.reference import kron_rows
+from .prepare import random_orthogonal
+
+CLIP_INIT = 4.0
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    return (x.round() - x).detach() + x
+
+
+def fake_quant_rows(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric quantize-dequantize of each row of x [R, C] (scale = absmax / qmax), STE."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = x.abs().amax(-1, keepdim=True).clamp(min=1e-12) / qmax
+    return torch.clamp(round_ste(x / scale), -qmax, qmax) * scale
+
+
+def smoothquant_init(w_absmax: torch.Tensor, x_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
+    """d = max|W|^(1 - alpha) / max|x|^alpha per input channel (x * d flattens x's outliers)."""
+    return (w_absmax.clamp(min=1e-5).pow(1 - alpha) / x_absmax.clamp(min=1e-5).pow(alpha)).clamp(min=1e-5)
+
+
+class KronTransform(nn.Module):
+    """x -> (x * d) (P1 (x) P2) and W -> (W / d) (P1 (x) P2)^{-T} for K = n1 * n2 inputs.
+
+    identity=True starts (and, if not trained, stays) at P = I, d = 1: plain RTN."""
+
+    def __init__(self, k: int, scale: torch.Tensor | None = None, seed: int = 0, identity: bool = False):
+        super().__init__()
+        n1, n2 = kron_factors(k)
+        self.k = k
+        if identity:
+            left, right = torch.eye(n1), torch.eye(n2)
+        else:
+            left, right = random_orthogonal(n1, seed).float(), random_orthogonal(n2, seed + 1).float()
+        self.left = nn.Parameter(left)
+        self.right = nn.Parameter(right)
+        self.scale = nn.Parameter(torch.ones(k) if scale is None or identity else scale.detach().float().clone())
+
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, K] fp32 -> (x * d) P."""
+        return kron_rows(x * self.scale, self.left, self.right)
+
+    def weight(self, w: torch.Tensor) -> torch.Tensor:
+        """W [N, K] fp32 -> (W / d) P^{-T}; the inverses in fp64 (differentiable)."""
+        left_inv_t = torch.linalg.inv(self.left.double()).t().float()
+        right_inv_t = torch.linalg.inv(self.right.double()).t().float()
+        return kron_rows(w / self.scale, left_inv_t, right_inv_t)
+
+    @torch.no_grad()
+    def deployed(self) -> tuple[torch.Tensor, Rotation]:
+        """(smooth s = 1 / d, Rotation.kron(P1, P2)) for the quantized module."""
+        return (1.0 / self.scale).detach().float().clone(), Rotation.kron(self.left.detach().float().clone(),
+                                                                           self.right.detach().float().clone())
+
+
+class WeightClip(nn.Module):
+    """Learnable per-row clipping of W [N, K] to [sigmoid(c_min) min w, sigmoid(c_max) max w]."""
+
+    def __init__(self, rows: int):
+        super().__init__()
+        self.c_max = nn.Parameter(torch.full((rows, 1), CLIP_INIT))
+        self.c_min = nn.Parameter(torch.full((rows, 1), CLIP_INIT))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        hi = w.amax(1, keepdim=True) * torch.sigmoid(self.c_max.to(w.dtype))
+        lo = w.amin(1, keepdim=True) * torch.sigmoid(self.c_min.to(w.dtype))
+        return torch.clamp(w, lo, hi)
+
+
+class FlatLinear(nn.Module):
+    """Training stand-in for an nn.Linear: y = Q_a((x * d) P) Q_w(clip((W / d) P^{-T}))^T + b,
+    fp32, with the Linear's weight frozen and the transform / clipping learnable."""
+
+    def __init__(self, linear: nn.Linear, transform: KronTransform, fmt: formats.QuantFormat, clip: bool):
+        super().__init__()
+        if fmt.weight_only or not fmt.weight_symmetric:
+            raise ValueError(f"fmt: FlatLinear needs a weight-activation format, got {fmt.name}")
+        self.linear, self.transform, self.fmt = linear, transform, fmt
+        self.clip = WeightClip(linear.out_features).to(linear.weight.device) if clip else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        xt = self.transform.act(x.reshape(-1, shape[-1]).float())
+        xq = fake_quant_rows(xt, self.fmt.act_bits)
+        w = self.transform.weight(self.linear.weight.float())
+        if self.clip is not None:
+            w = self.clip(w)
+        y = xq @ fake_quant_rows(w, self.fmt.weight_bits).t()
+        if self.linear.bias is not None:
+            y = y + self.linear.bias.float()
+        return y.reshape(*shape[:-1], -1).to(x.dtype)
+
+    @torch.no_grad()
+    def clip_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """The learned clipping applied to a deployed weight [N, K] (any float dtype)."""
+        return w if self.clip is None else self.clip(w)

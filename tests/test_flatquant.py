@@ -1,0 +1,154 @@
+"""FlatQuant transforms (calib/rotation/transforms.py, train.py) on planted blocks: the transform
+pair is exact in FP, training lowers the block loss against identity transforms (plain RTN),
+the deployed modaq module computes what training optimized, and the scale-ratio modality
+weighting moves the optimum toward text fidelity."""
+import pytest
+import torch
+from torch import nn
+
+from modaq import formats
+from modaq.calib import QuantConfig
+from modaq.calib.adapters.base import LinearGroup
+from modaq.calib.methods.base import BlockData, BlockJob, GroupJob
+from modaq.calib.modality import ModalityStats, ModalityWeights
+from modaq.calib.records import InputRecord
+from modaq.calib.rotation.train import TrainSettings, train_block
+from modaq.calib.rotation.transforms import FlatLinear, KronTransform
+from modaq.nn import QUANT_LINEARS, RMSNorm
+
+K, N = 128, 64
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class NormLinear(nn.Module):
+    """A minimal block: RMSNorm (with outlier channels) -> Linear; the norm can absorb scales."""
+
+    def __init__(self, gen):
+        super().__init__()
+        self.norm = RMSNorm(K)
+        self.fc = nn.Linear(K, N)
+        with torch.no_grad():
+            self.norm.weight.copy_(1 + torch.rand(K, generator=gen))
+            self.norm.weight[:4] *= 25.0
+            self.fc.weight.copy_(torch.randn(N, K, generator=gen) / K ** 0.5)
+            self.fc.bias.copy_(0.1 * torch.randn(N, generator=gen))
+
+    def forward(self, x):
+        return self.fc(self.norm(x))
+
+
+class PlainLinear(nn.Module):
+    """A block that is one Linear without a producer: the learned scale stays in the module."""
+
+    def __init__(self, gen):
+        super().__init__()
+        self.fc = nn.Linear(K, N)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(N, K, generator=gen) / K ** 0.5)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def _modality_tokens(gen, samples=4):
+    """Per sample 96 vision tokens, 8x louder with outliers of their own (channels 8..11), and
+    16 text tokens with outliers in channels 0..3 (the decoder-input picture of the rotation paper)."""
+    xs, masks = [], []
+    for _ in range(samples):
+        xv = torch.randn(96, K, generator=gen) * 8.0
+        xv[:, 8:12] *= 30.0
+        xt = torch.randn(16, K, generator=gen)
+        xt[:, :4] *= 20.0
+        xs.append(torch.cat([xv, xt]))
+        masks.append(torch.cat([torch.ones(96, dtype=torch.bool), torch.zeros(16, dtype=torch.bool)]))
+    return xs, masks
+
+
+def _job(block, xs, masks, fmt, coeffs):
+    rec = InputRecord(K, quota=10_000, need_gram=True, store_device=torch.device("cpu"),
+                      generator=torch.Generator().manual_seed(0))
+    handle = block.fc.register_forward_hook(rec.hook)
+    with torch.no_grad():
+        targets = []
+        for x, m in zip(xs, masks):
+            rec.vision_mask = m
+            targets.append(block(x))
+    handle.remove()
+    group = LinearGroup(("fc",), "norm", "norm") if hasattr(block, "norm") else LinearGroup(("fc",))
+    gj = GroupJob(group, {"fc": block.fc}, rec, {"fc": (1.0, 1.0)})
+    data = BlockData(lambda b, i, dtype=None: b(xs[i]), targets, masks, coeffs)
+    return BlockJob(block, formats.get_format(fmt), None, [gj], QuantConfig(progress=False), "block", data)
+
+
+def _deploy(block, plans):
+    plan = plans["fc"]
+    block.fc = QUANT_LINEARS["w4a4"].from_quantized(plan.weight, block.fc.bias, smooth=plan.smooth,
+                                                    rotation=plan.rotation, dtype=torch.float32)
+    return block
+
+
+def test_kron_transform_pair_is_exact_in_fp():
+    gen = torch.Generator().manual_seed(0)
+    t = KronTransform(K, 0.5 + torch.rand(K, generator=gen), seed=3)
+    x, w = torch.randn(10, K, generator=gen), torch.randn(N, K, generator=gen)
+    torch.testing.assert_close(t.act(x) @ t.weight(w).t(), x @ w.t(), rtol=1e-4, atol=1e-4)
+    s, rot = t.deployed()
+    assert rot.kind == "kron" and rot.left.shape == (8, 8) and rot.right.shape == (16, 16)
+    torch.testing.assert_close(rot.apply(x / s), t.act(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="weight-activation format"):
+        FlatLinear(nn.Linear(K, N), t, formats.get_format("w4a16"), clip=True)
+
+
+def test_training_lowers_the_block_loss_and_the_module_deploys_it():
+    gen = torch.Generator().manual_seed(1)
+    block = NormLinear(gen)
+    xs, masks = _modality_tokens(gen)
+    job = _job(block, xs, masks, "w4a4", (1.0, 1.0))
+    norm_before = block.norm.weight.detach().clone()
+    plans, losses = train_block(job, TrainSettings(epochs=8))
+    assert losses.init < losses.identity and losses.final < 0.8 * losses.init, vars(losses)
+    plan = plans["fc"]
+    # the scale folded into the norm (its producer); the Kronecker transform stays online
+    assert plan.smooth is None and plan.input_scale is not None and plan.rotation.kind == "kron"
+    torch.testing.assert_close(block.norm.weight.detach(), norm_before / plan.input_scale)
+    assert type(block.fc) is nn.Linear  # the method leaves swapping to the engine
+    deployed = _deploy(block, plans)
+    with torch.no_grad():
+        loss = sum(float((deployed(x) - y).square().sum()) for x, y in zip(xs, job.data.targets))
+    # the fused module (quantize_act with the Kronecker transform, int GEMM) reproduces the
+    # training loss up to rounding-boundary flips
+    assert loss == pytest.approx(losses.final, rel=1e-2)  # measured 4e-7
+    assert loss < 0.5 * losses.identity
+
+
+def _text_error_after_training(coeffs, seed=2):
+    gen = torch.Generator().manual_seed(seed)
+    block = PlainLinear(gen)
+    xs, masks = _modality_tokens(gen)
+    job = _job(block, xs, masks, "w4a4", coeffs)
+    targets = job.data.targets
+    plans, _ = train_block(job, TrainSettings(epochs=8))
+    assert plans["fc"].smooth is not None and plans["fc"].input_scale is None  # no producer: kept in the module
+    deployed = _deploy(block, plans)
+    with torch.no_grad():
+        err = {True: 0.0, False: 0.0}
+        for x, m, y in zip(xs, masks, targets):
+            e = (deployed(x) - y).square().sum(-1)
+            for flag in (True, False):
+                err[flag] += float(e[m == flag].sum())
+    return err[False], err[True]
+
+
+def test_scale_ratio_weighting_moves_the_optimum_toward_text_fidelity():
+    """The rotation paper's eq. 14: a_v = beta * (S_txt / S_vis) / |V|, a_t = 1 / |T| from the
+    FP outputs' per-modality scales; against the unweighted mean (1 / N each) the text tokens'
+    error drops and the vision tokens' error rises (Theorem 1's trade-off)."""
+    n_v, n_t = 4 * 96, 4 * 16
+    stats = ModalityStats(n_v, n_t, out_scale_vision=8.0, out_scale_text=1.0)
+    weighted = ModalityWeights("scale_ratio", beta=0.1).coefficients(stats)
+    plain = ModalityWeights("none").coefficients(stats)
+    assert weighted[0] / weighted[1] == pytest.approx(0.1 * (1.0 / 8.0) * n_t / n_v)
+    text_w, vis_w = _text_error_after_training(weighted)
+    text_p, vis_p = _text_error_after_training(plain)
+    assert text_w < 0.5 * text_p, (text_w, text_p)  # measured 0.27x
+    assert vis_w > vis_p
