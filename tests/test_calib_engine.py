@@ -102,6 +102,37 @@ def test_replayed_block_calls_match_the_real_forward(family, stage_kind):
         assert not torch.equal(cu[0], cu[1])
 
 
+def test_sensitivity_with_offloaded_weights_matches(llava_outliers):
+    """The offloaded gradient pass (weights brought in per module, saved tensors parked on the
+    CPU) gives the same gradients and leaves the parameters as they were (same objects, flags)."""
+    model, samples = llava_outliers
+    adapter = get_adapter(model)
+    params = dict(model.named_parameters())
+    before = {n: (p, p.detach().clone(), p.requires_grad) for n, p in params.items()}
+    plain = modality_gradients(model, adapter, samples[:2], CPU)
+    offloaded = modality_gradients(model, adapter, samples[:2], CPU, offload_weights=True)
+    assert plain.keys() == offloaded.keys()
+    for name, (g_v, g_l) in plain.items():
+        for want, got in ((g_v, offloaded[name][0]), (g_l, offloaded[name][1])):
+            assert (got is None) if want is None else got == pytest.approx(want, rel=1e-5), name
+    for n, p in model.named_parameters():
+        obj, value, flag = before[n]
+        assert p is obj and p.requires_grad == flag and p.device.type == "cpu" and torch.equal(p, value)
+    assert not model._forward_hooks and not model._forward_pre_hooks
+
+
+@pytest.mark.gpu
+def test_offloaded_gradient_pass_on_cuda_matches_cpu(llava_outliers):
+    model, samples = llava_outliers
+    adapter = get_adapter(model)
+    cpu = modality_gradients(model, adapter, samples[:2], CPU)
+    cuda = modality_gradients(model, adapter, samples[:2], torch.device("cuda"), offload_weights=True)
+    assert next(model.parameters()).device.type == "cpu"
+    for name, (g_v, g_l) in cpu.items():
+        for want, got in ((g_v, cuda[name][0]), (g_l, cuda[name][1])):
+            assert (got is None) if want is None else got == pytest.approx(want, rel=1e-3), name
+
+
 def test_sensitivity_matches_autograd(llava_outliers):
     model, samples = llava_outliers
     adapter = get_adapter(model)

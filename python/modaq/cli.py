@@ -48,6 +48,8 @@ def _add_quant_options(p: argparse.ArgumentParser, method: str = "mbq", fmt: str
                    help="text: calibrate the decoder on the samples without their images (ablation)")
     g.add_argument("--device", default="auto", help="calibration device: auto, cpu, cuda, cuda:N")
     g.add_argument("--offload-activations", action="store_true", help="keep captured activations on the CPU")
+    g.add_argument("--offload-weights", action="store_true",
+                   help="MBQ's gradient pass with the weights on the CPU (models larger than the GPU)")
     g.add_argument("--seed", type=int, default=0)
 
 
@@ -61,7 +63,8 @@ def _config(args, samples: int):
                        loss=args.loss, beta=args.beta, fixed_weights=tuple(args.fixed_weights),
                        clip=False if args.no_clip else None, rotation_weights=args.rotation_weights,
                        flat_epochs=args.epochs, language_calibration=args.language_calib, device=args.device,
-                       offload_activations=args.offload_activations, seed=args.seed,
+                       offload_activations=args.offload_activations,
+                       offload_weights=args.offload_weights, seed=args.seed,
                        progress=not getattr(args, "quiet", False))
 
 

@@ -71,6 +71,7 @@ class QuantConfig:
     language_calibration: str = "multimodal"  # "text": the decoder calibrates on the samples without images
     device: str = "auto"
     offload_activations: bool = False
+    offload_weights: bool = False  # MBQ's gradient pass with weights on the CPU (accelerate hooks)
     seed: int = 0
     progress: bool = True
 

@@ -98,7 +98,7 @@ class Engine:
             if self.weights.needs_gradients:
                 t = time.perf_counter()
                 self.grads = modality_gradients(self.model, self.adapter, self.samples, self.device,
-                                                self.config.progress)
+                                                self.config.progress, self.config.offload_weights)
                 self.result.stage_seconds["sensitivity"] = time.perf_counter() - t
             stages = self.adapter.stages()
             for si, stage in enumerate(stages):

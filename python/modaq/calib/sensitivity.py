@@ -14,6 +14,8 @@ the graph reaches every Linear.  The whole model runs on `device` for this pass.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -52,7 +54,8 @@ def _linear_stages(adapter: Adapter) -> dict[str, str]:
 
 
 def modality_gradients(model: nn.Module, adapter: Adapter, samples: list[CalibSample],
-                       device: torch.device, progress: bool = False) -> dict[str, tuple[float | None, float | None]]:
+                       device: torch.device, progress: bool = False,
+                       offload_weights: bool = False) -> dict[str, tuple[float | None, float | None]]:
     """{full name: (g_v, g_l)} for every Linear in the adapter's stages and every block (the
     block's output gradient, for methods whose loss is the block output: FlatQuant)."""
     from tqdm.auto import tqdm
@@ -85,12 +88,13 @@ def modality_gradients(model: nn.Module, adapter: Adapter, samples: list[CalibSa
     try:
         for p in grad_flags:
             p.requires_grad_(False)
-        model.eval().to(device)
-        handles = [modules[n].register_forward_hook(forward_hook(n)) for n in stage_of]
+        model.eval()
+        handles = _place(model, device, offload_weights)
+        handles += [modules[n].register_forward_hook(forward_hook(n)) for n in stage_of]
         handles.append(model.get_input_embeddings().register_forward_hook(embed_hook))
         for sample in tqdm(samples, desc="sensitivity", disable=not progress):
             state["mask"] = adapter.modality_mask(sample.input_ids).reshape(-1).to(device)
-            _backward_sft_loss(model, sample, device)
+            _backward_sft_loss(model, sample, device, offload_weights)
     finally:
         for h in handles:
             h.remove()
@@ -100,12 +104,43 @@ def modality_gradients(model: nn.Module, adapter: Adapter, samples: list[CalibSa
     return {name: acc.means() for name, acc in accum.items()}
 
 
-def _backward_sft_loss(model: nn.Module, sample: CalibSample, device: torch.device) -> None:
+def _place(model: nn.Module, device: torch.device, offload_weights: bool) -> list:
+    """The whole model on `device`; or (offload_weights) its weights stay on the CPU and hooks
+    bring each module's own weights to `device` just for its forward, so a model larger than the
+    GPU gets its gradients with about one module resident.  Parameters keep their identity
+    (tied weights stay tied).  Returns the hook handles to remove."""
+    if not offload_weights:
+        model.to(device)
+        return []
+    handles = []
+    for mod in model.modules():
+        if next(mod.parameters(recurse=False), None) is None and not any(
+                b is not None for b in mod._buffers.values()):
+            continue
+        handles.append(mod.register_forward_pre_hook(lambda m, args: _move_own(m, device)))
+        handles.append(mod.register_forward_hook(lambda m, args, out: _move_own(m, torch.device("cpu"))))
+    return handles
+
+
+def _move_own(mod: nn.Module, device: torch.device) -> None:
+    for p in mod.parameters(recurse=False):
+        p.data = p.data.to(device)
+    for name, b in mod._buffers.items():
+        if b is not None:
+            mod._buffers[name] = b.to(device)
+
+
+def _backward_sft_loss(model: nn.Module, sample: CalibSample, device: torch.device,
+                       offload_weights: bool = False) -> None:
     inputs = to_device(sample.inputs, device)
     for key in ("pixel_values", "pixel_values_videos"):
         if key in inputs and inputs[key].is_floating_point():
             inputs[key] = inputs[key].clone().requires_grad_(True)
-    with torch.enable_grad():
+    # autograd keeps each Linear's weight for dL/dX: with offloaded weights those copies (and
+    # the activations) wait for the backward pass in CPU memory instead of on the device
+    saved_on_cpu = torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda") \
+        if offload_weights else contextlib.nullcontext()
+    with torch.enable_grad(), saved_on_cpu:
         out = model(**inputs, labels=sample.labels.to(device), use_cache=False)
         if out.loss is None or not out.loss.requires_grad:
             raise ValueError("sensitivity: the model returned no differentiable loss for the labels")
