@@ -262,5 +262,45 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem_addr
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr) : "memory");
 }
 
+// Arguments of both GEMV kernels (the register-pipelined one and the cp.async ring one).
+struct GemvArgs {
+  const void* x;
+  const uint8_t* qweight;
+  const __half* scales;
+  const uint8_t* zeros;
+  const void* bias;
+  void* y;
+  int M, N, K;
+  int n_tiles, k_tiles;  // ceil(N / 16), ceil(K / 256)
+  int kt_per_split, splits;
+  int bias_dtype;
+};
+
+__device__ __forceinline__ float load_bias(const void* bias, int dtype, int n) {
+  if (dtype == kHalf) return __half2float(static_cast<const __half*>(bias)[n]);
+  if (dtype == kBFloat16) return __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[n]);
+  return static_cast<const float*>(bias)[n];
+}
+
+// Launch `kernel` on `grid` with the K-split ranks of a row block in one thread-block cluster
+// (their partial sums meet in distributed shared memory); splits == 1 is a plain launch.
+template <typename Kernel>
+void launch_split_k(Kernel kernel, dim3 grid, int threads, size_t smem, cudaStream_t stream, int splits,
+                    const GemvArgs& p) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = splits;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = splits > 1 ? 1 : 0;
+  check_cuda(cudaLaunchKernelEx(&cfg, kernel, p), "weight_only_gemv launch");
+}
+
 }  // namespace woq
 }  // namespace modaq

@@ -48,19 +48,6 @@ namespace woq {
 
 constexpr int kMaxSplits = 8;  // portable cluster size
 
-struct GemvArgs {
-  const void* x;
-  const uint8_t* qweight;
-  const __half* scales;
-  const uint8_t* zeros;
-  const void* bias;
-  void* y;
-  int M, N, K;
-  int n_tiles, k_tiles;  // ceil(N / 16), ceil(K / 256)
-  int kt_per_split, splits;
-  int bias_dtype;
-};
-
 // One ring slot: a block's weights as the lanes load them, then per lane its (row g, row g + 8)
 // scale pairs and zero bytes of the block's groups (lane-private copies: no barrier needed).
 template <int BITS, int GROUP>
@@ -238,12 +225,6 @@ __device__ __forceinline__ bool cluster_reduce(float* red, float (&tot)[MT][4], 
   __trap();  // the host never splits K below sm_90
   return false;
 #endif
-}
-
-__device__ __forceinline__ float load_bias(const void* bias, int dtype, int n) {
-  if (dtype == kHalf) return __half2float(static_cast<const __half*>(bias)[n]);
-  if (dtype == kBFloat16) return __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[n]);
-  return static_cast<const float*>(bias)[n];
 }
 
 template <typename T, int MT>

@@ -88,20 +88,8 @@ void launch_gemv(GemvArgs p, const SmemPlan& plan, cudaStream_t stream) {
   p.k_tiles = (p.K + kTileK - 1) / kTileK;
   p.kt_per_split = plan.kt_per_split;
   p.splits = plan.splits;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(plan.row_blocks * plan.splits);
-  cfg.blockDim = dim3(C::kThreads);
-  cfg.dynamicSmemBytes = plan.smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = plan.splits;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = plan.splits > 1 ? 1 : 0;
-  check_cuda(cudaLaunchKernelEx(&cfg, weight_only_gemv_kernel<T, BITS, GROUP, MT, STAGES>, p),
-             "weight_only_gemv launch");
+  launch_split_k(weight_only_gemv_kernel<T, BITS, GROUP, MT, STAGES>, dim3(plan.row_blocks * plan.splits),
+                 C::kThreads, plan.smem, stream, plan.splits, p);
   check_launch("weight_only_gemv");
 }
 
@@ -127,7 +115,7 @@ void launch_by_kernel(const GemvArgs& p, int splits, int kernel, int device, cud
       return;
     }
   }
-  regs::GemvArgs r = {};
+  GemvArgs r = {};  // same struct; the register kernel plans its own tiles / splits
   r.x = p.x; r.qweight = p.qweight; r.scales = p.scales; r.zeros = p.zeros; r.bias = p.bias; r.y = p.y;
   r.M = p.M; r.N = p.N; r.K = p.K; r.bias_dtype = p.bias_dtype;
   regs::dispatch_gemv<T, BITS>(r, GROUP, splits, device, stream);

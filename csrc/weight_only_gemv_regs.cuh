@@ -44,28 +44,9 @@ template <int MT> struct XChunk {
   static constexpr int kStride = kTiles * kTileK + 8;
 };
 
-struct GemvArgs {
-  const void* x;
-  const uint8_t* qweight;
-  const __half* scales;
-  const uint8_t* zeros;
-  const void* bias;
-  void* y;
-  int M, N, K;
-  int n_tiles, k_tiles;  // ceil(N / 16), ceil(K / 256)
-  int kt_per_split, splits;
-  int bias_dtype;
-};
-
 template <typename T, int MT>
 constexpr size_t gemv_smem_bytes() {
   return MT * 4 * kThreads * sizeof(float) + 8 * MT * XChunk<MT>::kStride * sizeof(T);
-}
-
-__device__ __forceinline__ float load_bias(const void* bias, int dtype, int n) {
-  if (dtype == kHalf) return __half2float(static_cast<const __half*>(bias)[n]);
-  if (dtype == kBFloat16) return __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[n]);
-  return static_cast<const float*>(bias)[n];
 }
 
 // x[:, 256 kt .. 256 (kt + count)) -> xs rows 0 .. 8 MT - 1 (rows >= M, k >= K zero).
@@ -260,23 +241,7 @@ void launch_gemv(GemvArgs p, int splits, int device, cudaStream_t stream) {
   p.kt_per_split = (p.k_tiles + splits - 1) / splits;
   p.splits = (p.k_tiles + p.kt_per_split - 1) / p.kt_per_split;  // no empty rank
   const dim3 grid(row_blocks * p.splits);
-  if (p.splits == 1) {
-    kernel<<<grid, kThreads, smem, stream>>>(p);
-  } else {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(kThreads);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = p.splits;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    check_cuda(cudaLaunchKernelEx(&cfg, kernel, p), "weight_only_gemv (cluster launch)");
-  }
+  launch_split_k(kernel, grid, kThreads, smem, stream, p.splits, p);
   check_launch("weight_only_gemv");
 }
 
