@@ -130,7 +130,8 @@ def test_cli_runs_flatquant_with_the_scale_ratio_weighting(tmp_path, capsys):
 
 
 # quarot measured on an H100 (2026-11-23): CUDA vs CPU 2.6e-2 against a quantization error of
-# 8.5e-2 (0.31x) while flatquant passes; not yet explained (rounding flips or a real bug).
+# 8.5e-2 (0.31x) while flatquant passes; not yet explained (rounding flips amplified by the
+# TF32 patch-embedding conv, now switched off here, or a real bug).
 _QUAROT_GAP = pytest.mark.xfail(reason="quarot CUDA/CPU gap 0.31x of its quantization error, under investigation",
                                 strict=False)
 
@@ -145,6 +146,15 @@ def test_rotated_model_runs_on_cuda(qwen, method):
     fp, _, samples = qwen
     model, _ = _run(fp, samples, method=method, format="w4a8", vision_format="w8a8", flat_epochs=2)
     inputs = samples[0].inputs
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # the patch-embedding conv in full fp32, as on the CPU
+    try:
+        _compare_on_cuda(fp, model, inputs)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _compare_on_cuda(fp, model, inputs):
     with torch.no_grad():
         fp_logits = fp(**inputs).logits.double()
         ref = model(**inputs).logits.double()
