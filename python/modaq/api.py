@@ -4,6 +4,7 @@
                      "coco:captions_train2017.json,train2017")
     save_quantized(model, "out/", processor)
     model = load_quantized("out/")          # Linears are modaq modules; model.generate() works
+    quantize_rtn_(model, "w3a16", vision_format="w8a8")   # RTN module swap, no calibration data
 
 A saved directory holds `modaq_model.safetensors` (the whole state dict: packed weights, scales,
 smoothing vectors, online-transform buffers, FP tensors, plus the non-persistent buffers such as
@@ -26,8 +27,12 @@ from . import __version__
 from .calib import QuantConfig, calibrate, get_adapter, load_calibration
 from .calib.config import COMPONENTS
 from .calib.data import CalibSample, read_json
+from .calib.methods.common import supported_reason
 from .calib.report import CalibrationResult, kl_text_positions
-from .nn import QuantLinear, RMSNorm, from_config
+from .formats import FORMATS, get_format
+from .hadamard import hadamard_factors
+from .nn import QUANT_LINEARS, QuantLinear, RMSNorm, Rotation, from_config
+from .ops.weight_only import GROUP_SIZES
 
 WEIGHTS_NAME = "modaq_model.safetensors"
 CONFIG_NAME = "quant_config.json"
@@ -60,6 +65,97 @@ def quantize(model: nn.Module, processor=None, config: QuantConfig | None = None
     model.modaq_info = {"config": config.to_dict(), "skipped": dict(result.skipped),
                         "family": model.config.model_type, "formats": component_formats(config)}
     return (model, result) if return_result else model
+
+
+ONLINE_ROTATIONS = ("hadamard",)
+
+
+def quantize_rtn_(model: nn.Module, format: str | None = "w4a16", *, vision_format: str | None = None,
+                  projector_format: str | None = None, group_size: int = 128, rotation: str | None = None,
+                  rotation_layers: tuple[str, ...] | None = None, seed: int = 0) -> dict[str, str]:
+    """Swap the Linears of `model`'s vision tower, projector and language decoder for modaq
+    modules by round-to-nearest, in place, without calibration data (torchao `quantize_` style;
+    for latency / memory measurements and quick baselines).  lm_head and embeddings stay FP.
+
+    format, vision_format, projector_format: the decoder's, the vision tower's and the
+    projector's format (a modaq.formats name: w3a16, w4a16, w4a8, w4a4, w8a8); None or 'none'
+    keeps that component in floating point.  group_size: weight-only group size (64 or 128).
+    rotation: None, or 'hadamard': each swapped Linear whose module name ends with one of
+    `rotation_layers` (None: every swapped Linear) gets an online randomized Hadamard of its
+    input (signs from `seed`), folded into its weight and, for activation-quantized formats,
+    fused into the activation quantization; its in_features must have a Hadamard order
+    (modaq.hadamard).  Linears a format cannot take (e.g. K not divisible by the group) stay FP
+    and are listed in `model.modaq_info['skipped']`.  Returns {module name: format name} of
+    the swapped Linears; the module weights are moved to modaq buffers on the Linear's device.
+    """
+    wanted = {c: _component_format(arg, value) for c, arg, value in (
+        ("vision", "vision_format", vision_format), ("projector", "projector_format", projector_format),
+        ("language", "format", format))}
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size: expected one of {GROUP_SIZES}, got {group_size!r}")
+    if rotation not in (None, *ONLINE_ROTATIONS):
+        raise ValueError(f"rotation: expected None or one of {ONLINE_ROTATIONS}, got {rotation!r}")
+    if rotation_layers is not None and (isinstance(rotation_layers, str) or not all(
+            isinstance(s, str) for s in rotation_layers)):
+        raise TypeError("rotation_layers: expected a tuple of module-name suffixes, e.g. ('o_proj', 'down_proj')")
+    plan, skipped = _rtn_plan(get_adapter(model), wanted, group_size, rotation, rotation_layers)
+    swapped = {}
+    for block, name, full, fmt, gs, rotate in plan:
+        module = _rtn_module(block.get_submodule(name), fmt, gs, rotate, seed)
+        parent, _, child = name.rpartition(".")
+        setattr(block.get_submodule(parent) if parent else block, child, module)
+        swapped[full] = fmt.name
+    model.modaq_info = {"config": {"method": "rtn", "format": wanted["language"] and wanted["language"].name,
+                                   "group_size": group_size, "rotation": rotation},
+                        "skipped": skipped, "family": model.config.model_type,
+                        "formats": {c: f.name if f else "none" for c, f in wanted.items()}}
+    return swapped
+
+
+def _component_format(arg: str, value):
+    if value is None or value == "none":
+        return None
+    try:
+        return get_format(value)
+    except ValueError:
+        raise ValueError(f"{arg}: expected one of {sorted(FORMATS)} or 'none', got {value!r}") from None
+
+
+def _rtn_plan(adapter, wanted: dict, group_size: int, rotation: str | None, rotation_layers):
+    """([(block, name in block, full name, format, group size, rotate?)], {skipped: reason}),
+    checked before anything is swapped so that a bad argument leaves the model untouched."""
+    plan, skipped = [], {}
+    for stage in adapter.stages():
+        fmt = wanted[stage.kind]
+        if fmt is None:
+            continue
+        gs = group_size if fmt.weight_only else None
+        for block_name, block in zip(stage.names, stage.blocks):
+            for name, linear in block.named_modules():
+                if not isinstance(linear, nn.Linear):
+                    continue
+                full = f"{block_name}.{name}"
+                why = supported_reason(linear, fmt, gs)
+                if why is not None:
+                    skipped[full] = why
+                    continue
+                rotate = rotation is not None and (rotation_layers is None or full.endswith(tuple(rotation_layers)))
+                if rotate:
+                    try:
+                        hadamard_factors(linear.in_features)
+                    except ValueError as e:
+                        raise ValueError(f"rotation: {full} (in_features {linear.in_features}): {e}") from None
+                plan.append((block, name, full, fmt, gs, rotate))
+    return plan, skipped
+
+
+def _rtn_module(linear: nn.Linear, fmt, group_size: int | None, rotate: bool, seed: int) -> QuantLinear:
+    """RTN module of `fmt` for `linear`, with an online random Hadamard when `rotate`."""
+    rotation = None
+    if rotate:
+        signs = Rotation.random_hadamard(linear.in_features, seed=seed).signs
+        rotation = Rotation("hadamard", signs=signs.to(linear.weight.device))
+    return QUANT_LINEARS[fmt.name].from_linear(linear, group_size=group_size, rotation=rotation)
 
 
 def text_kl(fp_model: nn.Module, model: nn.Module, samples: list[CalibSample],
