@@ -12,15 +12,17 @@
 namespace modaq {
 // --- activation quantization (csrc/quantize_act.cu)
 void quantize_act(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t q, std::uintptr_t scale,
-                  int64_t M, int64_t K, int bits, int dtype, int device, std::uintptr_t stream);
+                  int64_t M, int64_t K, int bits, int dtype, int device, std::uintptr_t stream,
+                  float clip_ratio);
 // --- fused online transform + quantization (csrc/quantize_act_transform.cu)
 bool transform_fits(int n1, int n2, bool kron);
 void quantize_act_hadamard(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t signs,
                            std::uintptr_t left, std::uintptr_t q, std::uintptr_t scale, int64_t M,
-                           int m, int p2, int bits, int dtype, int device, std::uintptr_t stream);
+                           int m, int p2, int bits, int dtype, int device, std::uintptr_t stream,
+                           float clip_ratio);
 void quantize_act_kron(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t left, std::uintptr_t right,
                        std::uintptr_t q, std::uintptr_t scale, int64_t M, int n1, int n2, int bits,
-                       int dtype, int device, std::uintptr_t stream);
+                       int dtype, int device, std::uintptr_t stream, float clip_ratio);
 // --- weight-only W3A16 / W4A16 (csrc/weight_only_gemv.cu, csrc/weight_only_dequant.cu)
 void weight_only_gemv(std::uintptr_t x, std::uintptr_t qweight, std::uintptr_t scales, std::uintptr_t zeros,
                       std::uintptr_t bias, int bias_dtype, std::uintptr_t y, int64_t M, int64_t N, int64_t K,
@@ -33,10 +35,11 @@ void weight_only_dequant(std::uintptr_t qweight, std::uintptr_t scales, std::uin
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "modaq CUDA kernels (raw-pointer interface; use modaq.ops)";
-  m.def("quantize_act", &modaq::quantize_act, "per-token int8/int4 activation quantization",
+  m.def("quantize_act", &modaq::quantize_act,
+        "per-token int8/int4 activation quantization (range clip_ratio * absmax, clip_ratio in (0, 1])",
         pybind11::arg("x"), pybind11::arg("smooth"), pybind11::arg("q"), pybind11::arg("scale"),
         pybind11::arg("M"), pybind11::arg("K"), pybind11::arg("bits"), pybind11::arg("dtype"),
-        pybind11::arg("device"), pybind11::arg("stream"));
+        pybind11::arg("device"), pybind11::arg("stream"), pybind11::arg("clip_ratio") = 1.0f);
   m.def("transform_fits", &modaq::transform_fits,
         "whether the fused transform kernel handles X_r [n1, n2] (kron: Kronecker, else Hadamard)",
         pybind11::arg("n1"), pybind11::arg("n2"), pybind11::arg("kron"));
@@ -45,13 +48,13 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("x"), pybind11::arg("smooth"), pybind11::arg("signs"), pybind11::arg("left"),
         pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("M"), pybind11::arg("m"),
         pybind11::arg("p"), pybind11::arg("bits"), pybind11::arg("dtype"), pybind11::arg("device"),
-        pybind11::arg("stream"));
+        pybind11::arg("stream"), pybind11::arg("clip_ratio") = 1.0f);
   m.def("quantize_act_kron", &modaq::quantize_act_kron,
         "Kronecker transform P1^T X_r P2 fused with per-token quantization (fragment operands)",
         pybind11::arg("x"), pybind11::arg("smooth"), pybind11::arg("left"), pybind11::arg("right"),
         pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("M"), pybind11::arg("n1"),
         pybind11::arg("n2"), pybind11::arg("bits"), pybind11::arg("dtype"), pybind11::arg("device"),
-        pybind11::arg("stream"));
+        pybind11::arg("stream"), pybind11::arg("clip_ratio") = 1.0f);
   m.def("weight_only_gemv", &modaq::weight_only_gemv,
         "fused dequant GEMV, W3A16 / W4A16, M <= 16 (splits: K split over a cluster, 0 = auto; "
         "kernel: 0 = auto, 1 = shared-memory pipelined, 2 = register pipelined)",

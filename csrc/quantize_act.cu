@@ -3,9 +3,10 @@
 //
 // Computes, for each row m of X [M, K] (fp16 / bf16, row-major):
 //     x'    = x / smooth                      (optional per-channel smoothing, fp32 IEEE div)
-//     inv   = qmax / absmax(x')   (0 if absmax == 0 or the row holds NaN)
-//     q     = clamp(rint(x' * inv), -qmax, qmax)     (NaN -> 0)
-//     scale = absmax / qmax       (NaN if the row holds NaN, so NaN reaches the GEMM output)
+//     r     = clip * absmax(x')   (clip = fp32 clip_ratio in (0, 1]; 1: r = absmax exactly)
+//     inv   = qmax / r            (0 if r == 0 or the row holds NaN)
+//     q     = clamp(rint(x' * inv), -qmax, qmax)     (NaN -> 0; clipped values saturate)
+//     scale = r / qmax            (NaN if the row holds NaN, so NaN reaches the GEMM output)
 // with qmax = 127 (int8 out, [M, K]) or 7 (int4 out, uint8 [M, K/2] in the half-block-paired
 // layout of modaq.formats.pack_a4: byte j of a 128-block holds values j and j + 64).  The
 // fp32 operations are the ones modaq.formats.quantize_act_sym performs: bit-identical output.
@@ -51,7 +52,7 @@ __device__ __forceinline__ void group_reduce(float& amax, bool& nan, int tpr) {
 template <typename T, int BITS>
 __global__ void __launch_bounds__(kMaxTpr) quantize_rows_vec_kernel(
     const T* __restrict__ x, const float* __restrict__ smooth, uint8_t* __restrict__ q,
-    float* __restrict__ scale, int64_t M, int K, int tpr) {
+    float* __restrict__ scale, int64_t M, int K, int tpr, float clip) {
   constexpr int qmax = BITS == 8 ? 127 : 7;
   extern __shared__ uint2 staged_raw[];  // BITS == 4: int8 rows [rows per block][K]
   const int sub = threadIdx.x / tpr, t = threadIdx.x - sub * tpr;
@@ -79,6 +80,7 @@ __global__ void __launch_bounds__(kMaxTpr) quantize_rows_vec_kernel(
     }
   }
   group_reduce(amax, nan, tpr);
+  amax = clipped_range(amax, clip);
   if (active && t == 0) scale[row] = token_scale(amax, nan, qmax);
   const float inv = inv_scale(amax, nan, qmax);
 
@@ -133,7 +135,7 @@ __device__ __forceinline__ float load_smoothed(const T* x, const float* smooth, 
 template <typename T, int BITS>
 __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     const T* __restrict__ x, const float* __restrict__ smooth, uint8_t* __restrict__ q,
-    float* __restrict__ scale, int64_t K) {
+    float* __restrict__ scale, int64_t K, float clip) {
   constexpr int qmax = BITS == 8 ? 127 : 7;
   const T* row = x + blockIdx.x * K;
   float amax = 0.f;
@@ -144,6 +146,7 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     amax = fmaxf(amax, fabsf(v));
   }
   group_reduce(amax, nan, kThreads);
+  amax = clipped_range(amax, clip);
   if (threadIdx.x == 0) scale[blockIdx.x] = token_scale(amax, nan, qmax);
   const float inv = inv_scale(amax, nan, qmax);
   if (BITS == 8) {
@@ -163,7 +166,7 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
 
 template <typename T, int BITS>
 void launch(const T* x, const float* smooth, uint8_t* q, float* scale, int64_t M, int64_t K,
-            cudaStream_t s) {
+            float clip, cudaStream_t s) {
   const bool aligned = (reinterpret_cast<std::uintptr_t>(x) & 15) == 0 &&
                        (reinterpret_cast<std::uintptr_t>(smooth) & 15) == 0 &&
                        (reinterpret_cast<std::uintptr_t>(q) & 7) == 0;
@@ -175,16 +178,17 @@ void launch(const T* x, const float* smooth, uint8_t* q, float* scale, int64_t M
     const size_t smem = BITS == 4 ? static_cast<size_t>(rows) * K : 0;
     const int64_t blocks = (M + rows - 1) / rows;
     quantize_rows_vec_kernel<T, BITS><<<static_cast<unsigned>(blocks), threads, smem, s>>>(x, smooth, q, scale, M,
-                                                                    static_cast<int>(K), tpr);
+                                                                    static_cast<int>(K), tpr, clip);
   } else {
-    quantize_rows_kernel<T, BITS><<<static_cast<unsigned>(M), kThreads, 0, s>>>(x, smooth, q, scale, K);
+    quantize_rows_kernel<T, BITS><<<static_cast<unsigned>(M), kThreads, 0, s>>>(x, smooth, q, scale, K, clip);
   }
 }
 
 }  // namespace
 
 void quantize_act(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t q, std::uintptr_t scale,
-                  int64_t M, int64_t K, int bits, int dtype, int device, std::uintptr_t stream) {
+                  int64_t M, int64_t K, int bits, int dtype, int device, std::uintptr_t stream,
+                  float clip_ratio) {
   if (M == 0) return;
   cudaStream_t s = enter(device, stream);
   dispatch_float(dtype, [&](auto tag) {
@@ -194,9 +198,9 @@ void quantize_act(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t q, std
     auto* qp = reinterpret_cast<uint8_t*>(q);
     auto* scp = reinterpret_cast<float*>(scale);
     if (bits == 8)
-      launch<T, 8>(xp, sp, qp, scp, M, K, s);
+      launch<T, 8>(xp, sp, qp, scp, M, K, clip_ratio, s);
     else
-      launch<T, 4>(xp, sp, qp, scp, M, K, s);
+      launch<T, 4>(xp, sp, qp, scp, M, K, clip_ratio, s);
   });
   check_launch("quantize_act");
 }

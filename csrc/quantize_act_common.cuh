@@ -15,7 +15,13 @@ __device__ __forceinline__ int quantize_one(float v, float inv, int qmax) {
   return static_cast<int>(fminf(fmaxf(r, -static_cast<float>(qmax)), static_cast<float>(qmax)));
 }
 
-// Reciprocal scale of a token: qmax / absmax, or 0 for an all-zero or non-finite token.
+// Quantization range of a token: clip * absmax with clip = fp32(clip_ratio) in (0, 1], one
+// fp32 product as in modaq.formats._sym_quantize (activation clipping, FlatQuant's LAC).
+// clip = 1 returns absmax exactly, so the unclipped output stays bit-identical; values beyond
+// a clipped range saturate at +-qmax in quantize_one.  inv_scale / token_scale take this range.
+__device__ __forceinline__ float clipped_range(float amax, float clip) { return amax * clip; }
+
+// Reciprocal scale of a token: qmax / range, or 0 for an all-zero or non-finite token.
 __device__ __forceinline__ float inv_scale(float amax, bool nan, int qmax) {
   return (amax > 0.f && !nan) ? static_cast<float>(qmax) / amax : 0.f;
 }

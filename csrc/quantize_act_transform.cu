@@ -11,7 +11,8 @@
 //             FWHT output (fp32-accurate); the result times 1 / sqrt(K) as in the reference.
 //   Kronecker x @ (P1 (x) P2) = P1^T X_r P2: both products on the tensor cores, both operands
 //             split into 3 bf16 terms (six term pairs per product: ~2^-24 relative error).
-// then per-token quantization exactly as quantize_act.cu (scale = absmax / qmax, NaN rows ->
+// then per-token quantization exactly as quantize_act.cu (scale = clip * absmax / qmax with the
+// activation clip ratio clip in (0, 1], values beyond the clipped range saturate, NaN rows ->
 // NaN scale, zero rows -> scale 0).  q can differ from the fp32 reference by +-1 only where
 // the transform's rounding lands within an ulp of a rounding boundary.
 //
@@ -58,6 +59,7 @@ struct Params {
   bool vec;             // n2 % 8 == 0 and 16-byte aligned x / smooth / signs
   float stage2_scale;   // multiplies L^T Z (1 / sqrt(K) for Hadamard with m > 1)
   float final_scale;    // multiplies the values before quantization (1 / sqrt(K) when m = 1)
+  float clip;           // activation clip ratio: the token's range is clip * absmax
 };
 
 __host__ __device__ inline int padded_stride(int n2) { return n2 + ((4 - n2) % 16 + 16) % 16; }
@@ -331,10 +333,10 @@ __device__ void quantize_tokens(const Params& p, const float* buf, const unsigne
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * p.tokens;
   const int t = static_cast<int>(threadIdx.x);
   if (t < p.tokens && row0 + t < p.M)
-    p.scale[row0 + t] = token_scale(__uint_as_float(amax_bits[t]), nan_flag[t], qmax);
+    p.scale[row0 + t] = token_scale(clipped_range(__uint_as_float(amax_bits[t]), p.clip), nan_flag[t], qmax);
   const bool vec8 = (p.n2 & 7) == 0;  // 8 consecutive k stay in one row of the buffer
   for (int tok = 0; tok < p.tokens && row0 + tok < p.M; ++tok) {
-    const float inv = inv_scale(__uint_as_float(amax_bits[tok]), nan_flag[tok], qmax);
+    const float inv = inv_scale(clipped_range(__uint_as_float(amax_bits[tok]), p.clip), nan_flag[tok], qmax);
     const float* tb = buf + tok * p.n1 * p.s;
     auto load8 = [&](int k, float (&f)[8]) {
       const int b = k / p.n2;
@@ -460,7 +462,8 @@ bool transform_fits(int n1, int n2, bool kron) {
 
 void quantize_act_hadamard(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t signs,
                            std::uintptr_t left, std::uintptr_t q, std::uintptr_t scale, int64_t M,
-                           int m, int p2, int bits, int dtype, int device, std::uintptr_t stream) {
+                           int m, int p2, int bits, int dtype, int device, std::uintptr_t stream,
+                           float clip_ratio) {
   Params p{};
   p.x = reinterpret_cast<const void*>(x);
   p.smooth = reinterpret_cast<const float*>(smooth);
@@ -474,12 +477,13 @@ void quantize_act_hadamard(std::uintptr_t x, std::uintptr_t smooth, std::uintptr
   const float inv_sqrt = static_cast<float>(1.0 / std::sqrt(static_cast<double>(m) * p2));
   p.stage2_scale = m > 1 ? inv_sqrt : 1.f;
   p.final_scale = m > 1 ? 1.f : inv_sqrt;
+  p.clip = clip_ratio;
   run_transform<false>(p, bits, dtype, device, stream);
 }
 
 void quantize_act_kron(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t left, std::uintptr_t right,
                        std::uintptr_t q, std::uintptr_t scale, int64_t M, int n1, int n2, int bits,
-                       int dtype, int device, std::uintptr_t stream) {
+                       int dtype, int device, std::uintptr_t stream, float clip_ratio) {
   Params p{};
   p.x = reinterpret_cast<const void*>(x);
   p.smooth = reinterpret_cast<const float*>(smooth);
@@ -492,6 +496,7 @@ void quantize_act_kron(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t l
   p.n2 = n2;
   p.stage2_scale = 1.f;
   p.final_scale = 1.f;
+  p.clip = clip_ratio;
   run_transform<true>(p, bits, dtype, device, stream);
 }
 

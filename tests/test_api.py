@@ -42,6 +42,16 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path, family, config):
     assert gen.shape[1] == samples[0].input_ids.shape[1] + 4
     ref = model.generate(**samples[0].inputs, max_new_tokens=4, do_sample=False)
     assert torch.equal(gen, ref)
+    # a directory saved before activation clipping existed (no act_clip_ratio) loads with 1.0
+    path = os.path.join(out, api.CONFIG_NAME)
+    with open(path) as f:
+        old = json.load(f)
+    assert [cfg.pop("act_clip_ratio", 1.0) for cfg in old["layers"].values()] == [1.0] * len(old["layers"])
+    with open(path, "w") as f:
+        json.dump(old, f)
+    loaded = api.load_quantized(out)
+    with torch.no_grad():
+        assert torch.equal(model(**samples[0].inputs).logits, loaded(**samples[0].inputs).logits)
 
 
 def test_quantize_from_a_spec_string_and_config_errors():

@@ -39,10 +39,11 @@ def test_weight_only_gemm(bits, dtype, m, n, k, g):
     assert y.is_cuda and y.dtype == dtype and rel_err(y, ref) < 2e-2
 
 
+@pytest.mark.parametrize("clip", [1.0, 0.75])
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("transform", [None, "smooth", "hadamard", "kron"])
-def test_quantize_act(bits, dtype, transform):
+def test_quantize_act(bits, dtype, transform, clip):
     m, k = 37, 28 * 16
     x = torch.randn(m, k, dtype=dtype)
     x[3] = 0
@@ -54,8 +55,8 @@ def test_quantize_act(bits, dtype, transform):
         kw["hadamard_signs"] = random_signs(k, seed=4)
     elif transform == "kron":
         kw["kron_left"], kw["kron_right"] = torch.randn(28, 28), torch.randn(16, 16)
-    q, s = ops.quantize_act(x.cuda(), bits, **{a: t.cuda() for a, t in kw.items()})
-    q_ref, s_ref = ops.quantize_act(x, bits, **kw)
+    q, s = ops.quantize_act(x.cuda(), bits, clip_ratio=clip, **{a: t.cuda() for a, t in kw.items()})
+    q_ref, s_ref = ops.quantize_act(x, bits, clip_ratio=clip, **kw)
     assert torch.allclose(s.cpu(), s_ref, rtol=1e-5, atol=0)
     unpack = F.unpack_a4 if bits == 4 else (lambda t: t)
     diff = (unpack(q.cpu()).int() - unpack(q_ref).int()).abs()
@@ -83,11 +84,12 @@ def test_int_gemm(name, abits, wbits, dtype, m, n, k):
     assert rel_err(y, ref) < 1e-2
 
 
-@pytest.mark.parametrize("fmt", sorted(QUANT_LINEARS))
-def test_module_under_cuda_graph_and_compile(fmt):
+@pytest.mark.parametrize("fmt,clip", [(f, 1.0) for f in sorted(QUANT_LINEARS)] +
+                         [("w4a4", 0.8), ("w4a8", 0.9), ("w8a8", 0.85)])
+def test_module_under_cuda_graph_and_compile(fmt, clip):
     lin = torch.nn.Linear(512, 384, dtype=torch.bfloat16)
     rot = Rotation.random_hadamard(512, seed=0) if fmt in ("w4a4", "w4a8") else None
-    mod = QUANT_LINEARS[fmt].from_linear(lin, rotation=rot)
+    mod = QUANT_LINEARS[fmt].from_linear(lin, rotation=rot, act_clip_ratio=clip)
     x_cpu = torch.randn(8, 512, dtype=torch.bfloat16)
     ref = mod(x_cpu)
     mod = mod.cuda()

@@ -1,9 +1,12 @@
 """Quantized Linear modules: drop-in accuracy, smoothing / rotation folding, state_dict round
 trip, rebuild from config, torch.compile(fullgraph=True) on CPU, and construction errors."""
+import json
+
 import pytest
 import torch
 
 from modaq import formats as F
+from modaq import ops
 from modaq.nn import (QUANT_LINEARS, Rotation, W3A16Linear, W4A4Linear, W4A8Linear, W8A8Linear, from_config,
                       prepare_weight)
 
@@ -77,6 +80,47 @@ def test_kron_config_round_trip():
     rebuilt.load_state_dict(mod.state_dict())
     x = torch.randn(2, 128)
     assert torch.equal(rebuilt(x), mod(x))
+
+
+@pytest.mark.parametrize("fmt", ["w4a8", "w4a4", "w8a8"])
+@pytest.mark.parametrize("rotation", [None, "hadamard", "kron"])
+def test_act_clip_ratio_round_trips_and_is_applied(fmt, rotation):
+    lin = torch.nn.Linear(128, 24)
+    rot = {None: None, "hadamard": Rotation.random_hadamard(128, seed=3), "kron": kron_rotation(8, 16)}[rotation]
+    mod = QUANT_LINEARS[fmt].from_linear(lin, rotation=rot, act_clip_ratio=0.8137)
+    plain = QUANT_LINEARS[fmt].from_linear(lin, rotation=rot)
+    cfg = mod.quant_config()
+    assert cfg["act_clip_ratio"] == 0.8137 and plain.quant_config()["act_clip_ratio"] == 1.0
+    assert "act_clip_ratio=0.8137" in repr(mod) and "act_clip_ratio" not in repr(plain)
+    rebuilt = from_config(json.loads(json.dumps(cfg)), dtype=torch.float32)  # as save_quantized writes it
+    rebuilt.load_state_dict(mod.state_dict())
+    assert rebuilt.act_clip_ratio == 0.8137
+    x = torch.randn(6, 128)
+    x[:, 3] *= 30
+    assert torch.equal(rebuilt(x), mod(x))
+    # the module feeds its ratio to quantize_act (not the plain absmax)
+    xq, xs = ops.quantize_act(x, mod.fmt.act_bits, mod.smooth, mod.hadamard_signs, mod.kron_left,
+                              mod.kron_right, clip_ratio=0.8137)
+    assert torch.equal(mod(x), mod._gemm(xq, xs, mod.qweight, mod.w_scale, mod.bias, x.dtype))
+    assert not torch.equal(mod(x), plain(x))
+    del cfg["act_clip_ratio"]  # a config saved before activation clipping existed
+    assert from_config(cfg).act_clip_ratio == 1.0
+
+
+def test_act_clip_ratio_errors_and_compile():
+    with pytest.raises(ValueError, match=r"act_clip_ratio: expected a float in \(0, 1\]"):
+        W4A4Linear(128, 8, act_clip_ratio=1.2)
+    with pytest.raises(ValueError, match="act_clip_ratio"):
+        W4A8Linear.from_linear(torch.nn.Linear(128, 8), act_clip_ratio=0.0)
+    with pytest.raises(TypeError, match="act_clip_ratio"):
+        W8A8Linear(128, 8, act_clip_ratio=torch.tensor(0.5))
+    with pytest.raises(ValueError, match="act_clip_ratio: w4a16 does not quantize activations"):
+        QUANT_LINEARS["w4a16"](128, 8, act_clip_ratio=0.9)
+    assert "act_clip_ratio" not in W3A16Linear.from_linear(torch.nn.Linear(128, 8)).quant_config()
+    mod = W4A4Linear.from_linear(torch.nn.Linear(128, 32).to(torch.bfloat16), act_clip_ratio=0.75,
+                                 rotation=Rotation.random_hadamard(128, 0))
+    x = torch.randn(4, 128, dtype=torch.bfloat16)
+    assert torch.equal(torch.compile(mod, fullgraph=True, backend="aot_eager")(x), mod(x))
 
 
 def test_from_quantized_uses_the_given_integers():

@@ -87,6 +87,87 @@ def test_quantize_act_with_transforms_quantizes_the_transformed_rows():
     assert rel_err(F.unpack_a4(q).float() * s[:, None], xk) < 0.2
 
 
+def _transformed_fp64(x, transform, k):
+    """(x / smooth) then the online transform, in fp64 from the explicit matrices."""
+    g = torch.Generator().manual_seed(k)
+    kw = {"smooth": torch.rand(k, generator=g) + 0.5}
+    xd = x.double() / kw["smooth"].double()
+    if transform == "hadamard":
+        kw["hadamard_signs"] = random_signs(k, seed=5)
+        xd = (xd * kw["hadamard_signs"].double()) @ hadamard_matrix(k) / math.sqrt(k)
+    elif transform == "kron":
+        kw["kron_left"], kw["kron_right"] = torch.randn(8, 8, generator=g), torch.randn(k // 8, k // 8, generator=g)
+        xd = xd @ torch.kron(kw["kron_left"].double(), kw["kron_right"].double())
+    return kw, xd
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("transform", [None, "hadamard", "kron"])
+@pytest.mark.parametrize("clip", [0.55, 0.8137])
+def test_quantize_act_clip_ratio_matches_fp64_and_saturates(bits, transform, clip):
+    """scale = fp32(clip) * absmax / qmax of the transformed row, q = clamp(rint(x' / scale)):
+    against fp64 the scales agree to fp32 rounding, q only at rounding boundaries (fp32 vs fp64
+    transform), and every value beyond the clipped range saturates at +-qmax (no wrap-around)."""
+    k, qmax = 96, 2 ** (bits - 1) - 1
+    x = torch.randn(2, 7, k, dtype=torch.float16)
+    x[0, 2] = 0  # a zero token: scale 0, q 0
+    x[1, :, 5] *= 40  # an outlier channel
+    kw, xd = _transformed_fp64(x.reshape(14, k), transform, k)
+    q, s = ops.quantize_act(x, bits, clip_ratio=clip, **kw)
+    q = (F.unpack_a4(q) if bits == 4 else q).int()
+    absmax = xd.abs().amax(1)
+    s_ref = F.fp32_value(clip) * absmax / qmax
+    assert float(((s.double() - s_ref).abs() / s_ref.clamp_min(1e-300)).max()) < 1e-6
+    assert float(s[2]) == 0.0 and int(q[2].abs().max()) == 0
+    q_ref = torch.round(xd / s_ref.clamp_min(1e-300)[:, None]).clamp(-qmax, qmax).int()
+    diff = (q - q_ref).abs()
+    assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 0.01
+    beyond = xd.abs() > s_ref[:, None] * (qmax + 0.5) * (1 + 1e-5)
+    assert int(beyond.sum()) > 10  # the clip ratio saturates something on this input
+    assert torch.equal(q[beyond], (torch.sign(xd[beyond]) * qmax).int())
+    assert int(q.abs().max()) == qmax
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transform", [None, "hadamard", "kron"])
+def test_quantize_act_clip_ratio_one_is_the_plain_absmax(bits, dtype, transform):
+    """clip_ratio = 1.0 (the default) is bit-identical to the unclipped quantizer: inv = qmax /
+    absmax, q = clamp(rint(x' * inv)), scale = absmax / qmax, written out here in fp32."""
+    k, qmax = 64, 2 ** (bits - 1) - 1
+    x = torch.randn(9, k, dtype=dtype)
+    x[4] = 0
+    kw, _ = _transformed_fp64(x, transform, k)
+    xt = ops.reference.transformed_fp32(x, **kw)
+    absmax = xt.abs().amax(1)
+    inv = torch.where(absmax > 0, qmax / torch.where(absmax > 0, absmax, torch.ones_like(absmax)), 0.0)
+    q_old = torch.round(xt * inv[:, None]).clamp(-qmax, qmax).to(torch.int8)
+    for args in ({}, {"clip_ratio": 1.0}, {"clip_ratio": 1}):
+        q, s = ops.quantize_act(x, bits, **kw, **args)
+        assert torch.equal(s, absmax / qmax)
+        assert torch.equal(F.unpack_a4(q) if bits == 4 else q, q_old)
+
+
+def test_quantize_act_clip_ratio_validation_names_the_argument():
+    x = torch.randn(2, 64, dtype=torch.float16)
+    for bad in (0.0, -0.5, 1.0001, 2, float("nan"), float("inf"), 1e-50):
+        with pytest.raises(ValueError, match=r"clip_ratio: expected a float in \(0, 1\]"):
+            ops.quantize_act(x, 8, clip_ratio=bad)
+    for bad in (True, torch.tensor(0.5), "0.5", None):
+        with pytest.raises(TypeError, match="clip_ratio: expected a float"):
+            ops.quantize_act(x, 8, clip_ratio=bad)
+    with pytest.raises(ValueError, match="clip_ratio"):
+        F.quantize_act_sym(x.float(), 4, clip_ratio=1.5)
+
+
+def test_quantize_act_clip_ratio_traces_as_a_constant():
+    x = torch.randn(5, 64)
+    fn = torch.compile(lambda t: ops.quantize_act(t, 4, clip_ratio=0.7), fullgraph=True, backend="aot_eager")
+    q, s = fn(x)
+    q_ref, s_ref = ops.quantize_act(x, 4, clip_ratio=0.7)
+    assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+
+
 @pytest.mark.parametrize("name,abits,wbits", [("w4a8_gemm", 8, 4), ("w4a4_gemm", 4, 4), ("w8a8_gemm", 8, 8)])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,n,k", [(1, 16, 64), (9, 31, 130)])

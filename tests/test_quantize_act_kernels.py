@@ -2,7 +2,8 @@
 
 CPU: the mma fragment layouts of the transform operands decode (with the PTX ISA's own
 index formulas) back to the matrices.  GPU: the _C kernels on many shapes, both dtypes, both
-bit widths, with smoothing, outlier channels, zero rows, NaN rows and poisoned outputs.
+bit widths, with smoothing, activation clip ratios (1 and < 1: saturating values), outlier
+channels, zero rows, NaN rows and poisoned outputs.
 """
 import pytest
 import torch
@@ -87,12 +88,12 @@ def _inputs(m, k, dtype, seed=0):
     return x.to(dtype)
 
 
-def _compare(x, bits, kw, exact, max_flip=1e-3):
+def _compare(x, bits, kw, exact, max_flip=1e-3, clip=1.0):
     """CUDA op vs CPU reference on the same inputs; poisoned allocator memory catches holes."""
     junk = torch.full((32 << 20,), 0x7F, dtype=torch.uint8, device="cuda")
     del junk
-    q, s = ops.quantize_act(x.cuda(), bits, **{a: t.cuda() for a, t in kw.items()})
-    q_ref, s_ref = R.quantize_act(x, bits, **kw)
+    q, s = ops.quantize_act(x.cuda(), bits, clip_ratio=clip, **{a: t.cuda() for a, t in kw.items()})
+    q_ref, s_ref = R.quantize_act(x, bits, **kw, clip_ratio=clip)
     q, s = q.cpu(), s.cpu()
     assert q.dtype == q_ref.dtype and q.shape == q_ref.shape
     unpack = F.unpack_a4 if bits == 4 else (lambda t: t)
@@ -106,37 +107,43 @@ def _compare(x, bits, kw, exact, max_flip=1e-3):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("clip", [1.0, 0.7])
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,k", [(1, 8), (3, 200), (5, 130), (37, 1152), (9, 3584), (4, 4304), (2, 18944), (3, 40000)])
-def test_plain_is_bit_exact(bits, dtype, m, k):
+def test_plain_is_bit_exact(bits, dtype, m, k, clip):
     x = _inputs(m, k, dtype)
-    _compare(x, bits, {}, exact=True)
-    _compare(x, bits, {"smooth": torch.rand(k) + 0.5}, exact=True)
+    q, _ = _compare(x, bits, {}, exact=True, clip=clip)
+    if clip < 1:  # the outlier channels lie beyond the clipped range: they saturate, not wrap
+        assert int((F.unpack_a4(q) if bits == 4 else q).int().abs().max()) == 2 ** (bits - 1) - 1
+    _compare(x, bits, {"smooth": torch.rand(k) + 0.5}, exact=True, clip=clip)
 
 
 @pytest.mark.gpu
 def test_plain_odd_k_and_unaligned_input():
     x = _inputs(6, 7, torch.float16)
     _compare(x, 8, {}, exact=True)
+    _compare(x, 8, {}, exact=True, clip=0.6)
     x = _inputs(4, 256, torch.bfloat16)
     storage = torch.empty(x.numel() + 1, dtype=x.dtype, device="cuda")
     unaligned = storage[1:].view(4, 256)  # contiguous, but 2 bytes off a 16-byte boundary
     unaligned.copy_(x)
     for bits in (8, 4):
-        q, s = ops.quantize_act(unaligned, bits)
-        q_ref, s_ref = R.quantize_act(x, bits)
-        assert torch.equal(q.cpu(), q_ref) and torch.equal(s.cpu(), s_ref)
+        for clip in (1.0, 0.6):  # the one-block-per-row fallback kernel
+            q, s = ops.quantize_act(unaligned, bits, clip_ratio=clip)
+            q_ref, s_ref = R.quantize_act(x, bits, clip_ratio=clip)
+            assert torch.equal(q.cpu(), q_ref) and torch.equal(s.cpu(), s_ref)
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("clip", [1.0, 0.8])
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("core", SUPPORTED_M)
-def test_hadamard_every_core(bits, core):
+def test_hadamard_every_core(bits, core, clip):
     for p, dtype in ((16, torch.float16), (128, torch.bfloat16), (2, torch.float16)):
         k = core * p
         x = _inputs(5, k, dtype, seed=core + p)
-        _compare(x, bits, {"hadamard_signs": random_signs(k, seed=p)}, exact=core == 1)
+        _compare(x, bits, {"hadamard_signs": random_signs(k, seed=p)}, exact=core == 1, clip=clip)
 
 
 @pytest.mark.gpu
@@ -150,24 +157,26 @@ def test_hadamard_model_sizes(dtype, k):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("clip", [1.0, 0.65])
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n1,n2", [(28, 16), (148, 128), (269, 16), (16, 269), (7, 9), (1, 64), (64, 64), (3, 1)])
-def test_kron_factorizations(bits, dtype, n1, n2):
+def test_kron_factorizations(bits, dtype, n1, n2, clip):
     k = n1 * n2
     if bits == 4 and k % 2:
         pytest.skip("4-bit needs even K")
     x = _inputs(11, k, dtype, seed=n1 * 7 + n2)
     g = torch.Generator().manual_seed(n1 + n2)
     kw = {"kron_left": torch.randn(n1, n1, generator=g), "kron_right": torch.randn(n2, n2, generator=g)}
-    _compare(x, bits, kw, exact=False)
+    _compare(x, bits, kw, exact=False, clip=clip)
     kw["smooth"] = torch.rand(k, generator=g) + 0.5
-    _compare(x, bits, kw, exact=False)
+    _compare(x, bits, kw, exact=False, clip=clip)
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("clip", [1.0, 0.5])
 @pytest.mark.parametrize("transform", [None, "hadamard", "kron"])
-def test_nan_and_zero_rows(transform):
+def test_nan_and_zero_rows(transform, clip):
     k = 28 * 128
     x = _inputs(6, k, torch.float16)
     x[2, 77] = float("nan")
@@ -176,7 +185,7 @@ def test_nan_and_zero_rows(transform):
         kw["hadamard_signs"] = random_signs(k, seed=3).cuda()
     elif transform == "kron":
         kw["kron_left"], kw["kron_right"] = torch.randn(28, 28).cuda(), torch.randn(128, 128).cuda()
-    q, s = ops.quantize_act(x.cuda(), 8, **kw)
+    q, s = ops.quantize_act(x.cuda(), 8, clip_ratio=clip, **kw)
     assert bool(torch.isnan(s[2])) and bool(torch.isfinite(s[[0, 1, 3, 4, 5]]).all())
     assert float(s[1]) == 0.0 and int(q[1].abs().max()) == 0
 

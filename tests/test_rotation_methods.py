@@ -97,8 +97,13 @@ def test_save_load_round_trip_with_online_transforms(tmp_path, family, method):
     kinds = {cfg["rotation"] for cfg in meta["layers"].values()}
     assert kinds == ({"kron"} if method == "flatquant" else {"hadamard", None})
     assert bool(meta["norms"]) == (family == "qwen2_vl")
+    ratios = {n: cfg["act_clip_ratio"] for n, cfg in meta["layers"].items()}
+    # flatquant learns an activation clip ratio per Linear (init sigmoid(4) = 0.982); quarot keeps 1
+    assert all(r < 1.0 for r in ratios.values()) if method == "flatquant" else set(ratios.values()) == {1.0}
     loaded = api.load_quantized(out)
     for name, mod in model.named_modules():
+        if isinstance(mod, QuantLinear):
+            assert loaded.get_submodule(name).act_clip_ratio == mod.act_clip_ratio == ratios[name]
         if isinstance(mod, QuantLinear) and mod.rotation_kind:
             other = loaded.get_submodule(name)
             for buf in ("hadamard_signs", "kron_left", "kron_right"):

@@ -13,7 +13,7 @@ Logical tensors (what every method and every reference computes with):
       w ~= q * scale
   activations, symmetric, per token (dynamic):
       q     int8    [M, K]
-      scale float32 [M]
+      scale float32 [M]     clip_ratio * absmax / qmax (clip_ratio in (0, 1], default 1)
       x ~= q * scale
 
 Rounding is round-half-to-even everywhere (torch.round, CUDA rint), and the per-token
@@ -31,6 +31,8 @@ Packed layouts (the kernel's business, inverted exactly by the matching unpack_*
 """
 from __future__ import annotations
 
+import numbers
+import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -40,7 +42,7 @@ __all__ = [
     "QuantFormat", "FORMATS", "get_format",
     "AsymWeight", "SymWeight", "quantize_weight_asym", "dequantize_weight_asym",
     "quantize_weight_sym", "dequantize_weight_sym", "quantize_act_sym", "dequantize_act_sym",
-    "fake_quantize_weight", "fake_quantize_act",
+    "fake_quantize_weight", "fake_quantize_act", "check_clip_ratio", "fp32_value",
     "pack_int3", "unpack_int3", "pack_uint4", "unpack_uint4", "pack_int4", "unpack_int4",
     "PackedAsymWeight", "pack_w3", "unpack_w3", "pack_w4", "unpack_w4",
     "pack_w4_sym", "unpack_w4_sym", "pack_w8", "unpack_w8", "pack_a4", "unpack_a4", "packed_shapes",
@@ -155,14 +157,18 @@ def dequantize_weight_asym(q: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
     return ((qg - zero.float()[..., None]) * scale.float()[..., None]).reshape(n, k)
 
 
-def _sym_quantize(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _sym_quantize(x: torch.Tensor, bits: int, clip_ratio: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric quantization along the last dim: (q int8, scale fp32 [...]).
 
-    inv = qmax / absmax (0 where absmax is 0 or NaN), q = rint(x * inv), scale = absmax / qmax.
+    absmax = clip_ratio * max|x| (one fp32 product; clip_ratio 1 leaves it untouched),
+    inv = qmax / absmax (0 where absmax is 0 or NaN), q = clamp(rint(x * inv), -qmax, qmax)
+    (values beyond the clipped range saturate), scale = absmax / qmax.
     """
     qmax = 2 ** (bits - 1) - 1
     xf = x.float()
     absmax = xf.abs().amax(dim=-1)
+    if clip_ratio != 1.0:  # fp32(clip) * absmax rounded once to fp32, as the CUDA kernels do
+        absmax = absmax * fp32_value(clip_ratio)
     safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
     inv = torch.where(absmax > 0, qmax / safe, torch.zeros_like(absmax))
     q = torch.round(torch.nan_to_num(xf * inv[..., None], nan=0.0)).clamp(-qmax, qmax)
@@ -183,12 +189,31 @@ def dequantize_weight_sym(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float()[:, None]
 
 
-def quantize_act_sym(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token symmetric dynamic quantization of x [M, K] -> (q int8 [M, K], scale fp32 [M])."""
+def fp32_value(v: float) -> float:
+    """The Python float holding v rounded to the nearest fp32 (what a C++ `float` argument gets)."""
+    return struct.unpack("f", struct.pack("f", v))[0]
+
+
+def check_clip_ratio(v, name: str = "clip_ratio") -> float:
+    """An activation clip ratio as a float in (0, 1] (nonzero in fp32); TypeError / ValueError
+    naming the argument `name` otherwise."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a float in (0, 1], got {type(v).__name__}")
+    if not 2.0 ** -150 < float(v) <= 1.0:  # 2^-150 and below round to 0 in fp32
+        raise ValueError(f"{name}: expected a float in (0, 1], got {v!r}")
+    return float(v)
+
+
+def quantize_act_sym(x: torch.Tensor, bits: int, clip_ratio: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token symmetric dynamic quantization of x [M, K] -> (q int8 [M, K], scale fp32 [M]).
+
+    clip_ratio in (0, 1] shrinks each token's range to clip_ratio * absmax (activation
+    clipping, FlatQuant's LAC): scale = clip_ratio * absmax / qmax, larger values saturate.
+    """
     _check_matrix("x", x, _FLOATS)
     if bits not in (4, 8):
         raise ValueError(f"bits: expected 4 or 8, got {bits!r}")
-    return _sym_quantize(x, bits)
+    return _sym_quantize(x, bits, check_clip_ratio(clip_ratio))
 
 
 def dequantize_act_sym(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -209,12 +234,12 @@ def fake_quantize_weight(w: torch.Tensor, fmt: str | QuantFormat, group_size: in
     return dequantize_weight_asym(q, s, z, g).to(w.dtype)
 
 
-def fake_quantize_act(x: torch.Tensor, bits: int) -> torch.Tensor:
+def fake_quantize_act(x: torch.Tensor, bits: int, clip_ratio: float = 1.0) -> torch.Tensor:
     """Per-token quantize-dequantize of x [..., K] (identity for bits >= 16); same dtype."""
     if bits >= 16:
         return x
     shape = x.shape
-    q, s = quantize_act_sym(x.reshape(-1, shape[-1]), bits)
+    q, s = quantize_act_sym(x.reshape(-1, shape[-1]), bits, clip_ratio)
     return dequantize_act_sym(q, s).reshape(shape).to(x.dtype)
 
 

@@ -68,6 +68,7 @@ class QuantConfig:
     flat_batch: int = 4  # samples per optimizer step
     flat_diag_alpha: float = 0.3  # SmoothQuant-style init of the per-channel scales
     flat_weight_clip: bool = True  # learnable per-row weight clipping (FlatQuant's LWC)
+    flat_act_clip: bool = True  # learnable per-Linear activation clip ratio (FlatQuant's LAC), lr flat_clip_lr
     language_calibration: str = "multimodal"  # "text": the decoder calibrates on the samples without images
     device: str = "auto"
     offload_activations: bool = False

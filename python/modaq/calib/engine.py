@@ -225,7 +225,8 @@ class Engine:
             lin = block.get_submodule(name)
             _set_submodule(block, name, cls.from_quantized(plan.weight, lin.bias, group_size=group_size,
                                                            smooth=plan.smooth, rotation=plan.rotation,
-                                                           dtype=lin.weight.dtype))
+                                                           dtype=lin.weight.dtype,
+                                                           act_clip_ratio=plan.act_clip_ratio))
             if plan.rotation is not None:
                 r = plan.rotation
                 self.result.transforms[f"{block_name}.{name}"] = (

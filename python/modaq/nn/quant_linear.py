@@ -6,6 +6,9 @@
 
 Every module computes y ~= x W^T + b for the FP Linear it came from: with a smoothing vector
 s and an online transform P it stores Q(W diag(s) P^{-T}) and feeds Q((x / s) P) to the GEMM.
+The activation quantizers take an optional clip ratio (`act_clip_ratio` in (0, 1], default 1:
+each token's range is act_clip_ratio * absmax, learned by FlatQuant's LAC); it is a Python
+float, kept in quant_config() rather than in the state dict.
 Buffers hold the packed weights (formats.packed_shapes), so state_dict() round-trips and
 `quant_config()` + `from_config()` rebuild an empty module to load it into.
 """
@@ -28,12 +31,16 @@ class QuantLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  group_size: int | None = None, smooth: bool = False, rotation: str | None = None,
                  kron_shape: tuple[int, int] | None = None, dtype: torch.dtype = torch.float16,
-                 device=None):
+                 device=None, act_clip_ratio: float = 1.0):
         super().__init__()
         self.fmt = formats.get_format(self.format_name)
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.group_size = group_size or self.fmt.default_group_size
         self._check_shapes()
+        self.act_clip_ratio = formats.check_clip_ratio(act_clip_ratio, "act_clip_ratio")
+        if self.fmt.weight_only and self.act_clip_ratio != 1.0:
+            raise ValueError(f"act_clip_ratio: {self.format_name} does not quantize activations; expected 1.0, "
+                             f"got {act_clip_ratio!r}")
         for name, (shape, dt) in formats.packed_shapes(self.fmt, out_features, in_features, self.group_size).items():
             self.register_buffer(name, torch.zeros(shape, dtype=dt, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
@@ -70,9 +77,11 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, group_size: int | None = None,
-                    smooth: torch.Tensor | None = None, rotation: Rotation | None = None) -> "QuantLinear":
+                    smooth: torch.Tensor | None = None, rotation: Rotation | None = None,
+                    act_clip_ratio: float = 1.0) -> "QuantLinear":
         """Round-to-nearest quantization of `linear` (optionally smoothed by `smooth` [K] and
-        rotated by `rotation`); the result computes ~ linear(x)."""
+        rotated by `rotation`; activations clipped to act_clip_ratio * absmax per token); the
+        result computes ~ linear(x)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected torch.nn.Linear, got {type(linear).__name__}")
         w = prepare_weight(linear.weight, smooth, rotation)
@@ -85,18 +94,20 @@ class QuantLinear(nn.Module):
                 raise ValueError(f"linear: in_features = {w.shape[1]} must be divisible by group_size = {g}")
             qw = formats.quantize_weight_asym(w, fmt.weight_bits, g)
         return cls.from_quantized(qw, linear.bias, group_size=group_size, smooth=smooth,
-                                  rotation=rotation, dtype=_float_dtype(linear.weight))
+                                  rotation=rotation, dtype=_float_dtype(linear.weight),
+                                  act_clip_ratio=act_clip_ratio)
 
     @classmethod
     def from_quantized(cls, weight: formats.AsymWeight | formats.SymWeight, bias: torch.Tensor | None = None, *,
                        group_size: int | None = None, smooth: torch.Tensor | None = None,
-                       rotation: Rotation | None = None, dtype: torch.dtype = torch.float16) -> "QuantLinear":
+                       rotation: Rotation | None = None, dtype: torch.dtype = torch.float16,
+                       act_clip_ratio: float = 1.0) -> "QuantLinear":
         """Wrap logical quantized weights (already in the smoothed / rotated basis), e.g. from GPTQ."""
         n, k = weight.q.shape
         mod = cls(k, n, bias is not None, group_size=group_size, smooth=smooth is not None,
                   rotation=rotation.kind if rotation else None,
                   kron_shape=(rotation.left.shape[0], rotation.right.shape[0]) if rotation and rotation.kind == "kron" else None,
-                  dtype=dtype, device=weight.q.device)
+                  dtype=dtype, device=weight.q.device, act_clip_ratio=act_clip_ratio)
         mod._load_weight(weight)
         if bias is not None:
             mod.bias.copy_(bias.detach())
@@ -122,6 +133,8 @@ class QuantLinear(nn.Module):
                "rotation": self.rotation_kind}
         if self.rotation_kind == "kron":
             cfg["kron_shape"] = [self.kron_left.shape[0], self.kron_right.shape[0]]
+        if not self.fmt.weight_only:
+            cfg["act_clip_ratio"] = self.act_clip_ratio
         return cfg
 
     def extra_repr(self) -> str:
@@ -133,6 +146,8 @@ class QuantLinear(nn.Module):
             parts.append("smooth=True")
         if self.rotation_kind:
             parts.append(f"rotation={self.rotation_kind}")
+        if self.act_clip_ratio != 1.0:
+            parts.append(f"act_clip_ratio={self.act_clip_ratio:.6g}")
         return ", ".join(parts)
 
 
@@ -199,7 +214,7 @@ class _ActQuantLinear(QuantLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         xq, xs = ops.quantize_act(x, self.fmt.act_bits, self.smooth, self.hadamard_signs,
-                                  self.kron_left, self.kron_right)
+                                  self.kron_left, self.kron_right, clip_ratio=self.act_clip_ratio)
         y = self._gemm(xq, xs, self.qweight, self.w_scale, self.bias, x.dtype)
         return y.reshape(*shape[:-1], self.out_features)
 
@@ -233,8 +248,11 @@ QUANT_LINEARS: dict[str, type[QuantLinear]] = {
 
 
 def from_config(cfg: dict, dtype: torch.dtype = torch.float16, device=None) -> QuantLinear:
-    """Empty module from QuantLinear.quant_config(), ready for load_state_dict."""
+    """Empty module from QuantLinear.quant_config(), ready for load_state_dict.
+
+    A config without "act_clip_ratio" (saved before activation clipping existed) gives 1.0."""
     cls = QUANT_LINEARS[formats.get_format(cfg["format"]).name]
     return cls(cfg["in_features"], cfg["out_features"], cfg["bias"], group_size=cfg.get("group_size"),
                smooth=cfg.get("smooth", False), rotation=cfg.get("rotation"),
-               kron_shape=tuple(cfg["kron_shape"]) if cfg.get("kron_shape") else None, dtype=dtype, device=device)
+               kron_shape=tuple(cfg["kron_shape"]) if cfg.get("kron_shape") else None, dtype=dtype, device=device,
+               act_clip_ratio=cfg.get("act_clip_ratio", 1.0))

@@ -2,7 +2,8 @@
 
 quantize_act is one pass over X: optional per-channel smoothing (x / s), optional online
 transform (randomized Hadamard (x * signs) @ H_K / sqrt(K), or Kronecker P1^T X_r P2 with
-K = n1 * n2), then per-token symmetric quantization to int8 or packed int4 + fp32 scales.
+K = n1 * n2), then per-token symmetric quantization (range clip_ratio * absmax, clip_ratio in
+(0, 1], 1 = plain absmax) to int8 or packed int4 + fp32 scales.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ._registry import define_op
 _F32 = (torch.float32,)
 
 
-def _fake_quant(x, bits, smooth, hadamard_signs, kron_left, kron_right):
+def _fake_quant(x, bits, smooth, hadamard_signs, kron_left, kron_right, clip_ratio=1.0):
     m, k = x.shape
     q = x.new_empty(m, k // 2, dtype=torch.uint8) if bits == 4 else x.new_empty(m, k, dtype=torch.int8)
     return q, x.new_empty(m, dtype=torch.float32)
@@ -24,7 +25,8 @@ def _fake_quant(x, bits, smooth, hadamard_signs, kron_left, kron_right):
 
 _quantize_act = define_op(
     "quantize_act",
-    "(Tensor x, int bits, Tensor? smooth, Tensor? hadamard_signs, Tensor? kron_left, Tensor? kron_right) -> (Tensor, Tensor)",
+    "(Tensor x, int bits, Tensor? smooth, Tensor? hadamard_signs, Tensor? kron_left, Tensor? kron_right, "
+    "float clip_ratio=1.0) -> (Tensor, Tensor)",
     reference.quantize_act, _fake_quant)
 _hadamard = define_op("hadamard_transform", "(Tensor x, Tensor? signs) -> Tensor",
                       reference.hadamard_transform, lambda x, signs: torch.empty_like(x))
@@ -55,13 +57,17 @@ def _check_kron(x, left, right):
 
 def quantize_act(x: torch.Tensor, bits: int = 8, smooth: torch.Tensor | None = None,
                  hadamard_signs: torch.Tensor | None = None, kron_left: torch.Tensor | None = None,
-                 kron_right: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token dynamic symmetric quantization with optional smoothing and online transform.
+                 kron_right: torch.Tensor | None = None, clip_ratio: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token dynamic symmetric quantization with optional smoothing, online transform and clipping.
 
     x: [..., K] float16 / bfloat16 / float32.  smooth: [K] float32 divides x per channel.
     hadamard_signs: [K] float32 +-1 selects the randomized Hadamard transform (K = 2^k * m, see
     modaq.hadamard); kron_left [n1, n1] and kron_right [n2, n2] float32 (n1 * n2 = K) select
-    the Kronecker transform.  Returns (q, scale): q int8 [M, K] (bits = 8) or packed int4
+    the Kronecker transform.  clip_ratio: Python float in (0, 1] (activation clipping,
+    FlatQuant's LAC): each token's scale is clip_ratio * absmax / qmax over the smoothed and
+    transformed row, values beyond that range saturate at +-qmax; 1.0 is the plain absmax.
+    A Python float (not a tensor) so it stays a constant under torch.compile / CUDA graphs.
+    Returns (q, scale): q int8 [M, K] (bits = 8) or packed int4
     uint8 [M, K / 2] (bits = 4, formats.pack_a4), scale float32 [M], M = x.numel() / K.
     A token holding NaN / inf gets a non-finite scale (the NaN reaches the GEMM output).
     """
@@ -81,7 +87,8 @@ def quantize_act(x: torch.Tensor, bits: int = 8, smooth: torch.Tensor | None = N
         _check_hadamard(x, hadamard_signs)
     if kron_left is not None:
         _check_kron(x, kron_left, kron_right)
-    return _quantize_act(v.rows(x), bits, smooth, hadamard_signs, kron_left, kron_right)
+    clip_ratio = v.clip_ratio(clip_ratio)
+    return _quantize_act(v.rows(x), bits, smooth, hadamard_signs, kron_left, kron_right, clip_ratio)
 
 
 def hadamard_transform(x: torch.Tensor, signs: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,7 +5,9 @@ transform kernels take their constant matrices pre-split into bf16 terms in mma 
 (ops.mma_fragments): H_m once per (m, device), (P1, P2) once per pair of tensors and tensor
 version (recomputed with torch ops, on the current stream, when a factor is modified in place).
 Factors beyond the fused kernel's limits (Hadamard core > 176, Kronecker n1 > 288, or a token
-over 200 KB of fp32 in shared memory) run the reference.
+over 200 KB of fp32 in shared memory) run the reference.  Every variant takes the activation
+clip ratio (a C++ float: rounded to fp32 as the reference rounds it) and multiplies each token's
+absmax by it before quantizing.
 """
 from __future__ import annotations
 
@@ -51,23 +53,24 @@ def _fits(n1: int, n2: int, kron: bool) -> bool:
 
 
 @register_fast("quantize_act", "cuda", _cuda.available)
-def quantize_act_cuda(x, bits, smooth, hadamard_signs, kron_left, kron_right):
+def quantize_act_cuda(x, bits, smooth, hadamard_signs, kron_left, kron_right, clip_ratio=1.0):
     from .reference import quantize_act as reference
+    args = (x, bits, smooth, hadamard_signs, kron_left, kron_right, clip_ratio)
     if x.dtype not in (torch.float16, torch.bfloat16):
-        return reference(x, bits, smooth, hadamard_signs, kron_left, kron_right)
+        return reference(*args)
     m, k = x.shape
     if hadamard_signs is not None:
         core, p = hadamard_factors(k)
         if not _fits(core, p, False):
-            return reference(x, bits, smooth, hadamard_signs, kron_left, kron_right)
+            return reference(*args)
     elif kron_left is not None and not _fits(kron_left.shape[0], kron_right.shape[0], True):
-        return reference(x, bits, smooth, hadamard_signs, kron_left, kron_right)
+        return reference(*args)
     q = torch.empty(m, k // 2 if bits == 4 else k, dtype=torch.uint8 if bits == 4 else torch.int8, device=x.device)
     scale = torch.empty(m, dtype=torch.float32, device=x.device)
     if m == 0:
         return q, scale
     dev, stream = _cuda.launch_args(x)
-    common = (bits, _cuda.DTYPE_CODE[x.dtype], dev, stream)
+    common = (bits, _cuda.DTYPE_CODE[x.dtype], dev, stream, float(clip_ratio))  # clip: fp32 in the kernel
     ptr = _cuda.ptr
     if hadamard_signs is not None:
         left = _hadamard_left(core, x.device) if core > 1 else None

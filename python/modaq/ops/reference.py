@@ -106,14 +106,17 @@ def transformed_fp32(x, smooth=None, hadamard_signs=None, kron_left=None, kron_r
     return xf
 
 
-def quantize_act(x, bits: int, smooth=None, hadamard_signs=None, kron_left=None, kron_right=None):
+def quantize_act(x, bits: int, smooth=None, hadamard_signs=None, kron_left=None, kron_right=None,
+                 clip_ratio: float = 1.0):
     """Per-token symmetric quantization of the transformed x [M, K].
 
+    Per token: absmax = fp32(clip_ratio) * max|x'| (x' the transformed row; one fp32 product),
+    scale = absmax / qmax, q = clamp(rint(x' * (qmax / absmax)), -qmax, qmax).
     Returns (q, scale): q int8 [M, K] for bits = 8, packed int4 uint8 [M, K/2] for bits = 4;
     scale fp32 [M].
     """
     xf = transformed_fp32(x, smooth, hadamard_signs, kron_left, kron_right)
-    q, scale = formats.quantize_act_sym(xf, bits)
+    q, scale = formats.quantize_act_sym(xf, bits, clip_ratio)
     return (formats.pack_a4(q, check=False) if bits == 4 else q), scale
 
 

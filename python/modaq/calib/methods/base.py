@@ -28,6 +28,7 @@ class LinearPlan:
     smooth: torch.Tensor | None = None  # module divides its input by this at run time
     input_scale: torch.Tensor | None = None  # folded upstream: the Linear now reads x / input_scale
     rotation: Rotation | None = None  # online transform the module applies after smoothing
+    act_clip_ratio: float = 1.0  # activation range = ratio * per-token absmax (learned by FlatQuant)
 
 
 @dataclass

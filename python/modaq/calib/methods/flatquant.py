@@ -3,12 +3,14 @@
 prepare: the residual streams' norms are folded and the vision tower's LayerNorms become
 RMSNorms where the stream can be centered (calib/rotation/prepare.py; the paper's stage (i));
 no residual rotation (FlatQuant learns one transform per Linear group instead).
-run: per block, the Kronecker transforms, per-channel scales and weight clipping are trained on
-the block output with the modality-weighted loss (calib/rotation/train.py; the paper's eq. 14 in
-the decoder with modality='scale_ratio', the default, and plain MSE in the vision tower), then
+run: per block, the Kronecker transforms, per-channel scales, weight clipping and activation
+clip ratios (flat_weight_clip / flat_act_clip) are trained on the block output with the
+modality-weighted loss (calib/rotation/train.py; the paper's eq. 14 in the decoder with
+modality='scale_ratio', the default, and plain MSE in the vision tower), then
 deployed: scales folded into the norm / previous Linear where possible, P1 (x) P2 online
 (Rotation.kron, fused into quantize_act), weights Q(clip(W diag(s) P^{-T})) with Q = RTN
-(FlatQuant's default) or GPTQ (rotation_weights='gptq').  Not merged: P itself (no norm or
+(FlatQuant's default) or GPTQ (rotation_weights='gptq'), activations clipped to the learned
+ratio of their per-token absmax (the module's act_clip_ratio).  Not merged: P itself (no norm or
 Linear can absorb a dense transform of the next Linear's input; for o_proj the per-head factor
 could go into v_proj, which only pays off with a quantized KV cache).
 """

@@ -1,21 +1,23 @@
 """Block-wise training of FlatQuant transforms (FlatQuant sec. 3.3, train_utils.cali_flat_quant).
 
 For one block: every quantizable LinearGroup gets a KronTransform (shared by its members) and
-each member a FlatLinear (fake-quantized, learnable clipping) in place of its nn.Linear; the
-block then minimizes, over the calibration samples,
+each member a FlatLinear (fake-quantized, learnable weight clipping and activation clip ratio)
+in place of its nn.Linear; the block then minimizes, over the calibration samples,
 
     L = a_v * sum_{t in V} ||Y^q_t - Y_t||^2  +  a_t * sum_{t in T} ||Y^q_t - Y_t||^2
 
 with Y the FP block's output on the same input, (a_v, a_t) from modality.py (the language
 decoder with the scale-ratio weighting: a_v = beta * (S_txt / S_vis) / |V|, a_t = 1 / |T|, the
 modality-aware rotation paper's eq. 14; vision blocks: the plain mean, eq. 15).  AdamW (lr 5e-3
-for transforms and scales, 5e-2 for clipping), cosine decay to 1e-3 x lr, `batch` samples per
-step with the summed loss divided by its detached value (FlatQuant's normalization), in fp32.
+for transforms and scales, 5e-2 for weight and activation clipping alike, as in FlatQuant),
+cosine decay to 1e-3 x lr, `batch` samples per step with the summed loss divided by its
+detached value (FlatQuant's normalization), in fp32.
 
 Then the transforms are deployed: each group's scale s = 1 / d folds into its producer (norm
 weight or previous Linear's rows) where it has one and stays in the module's `smooth` buffer
 otherwise; P = P1 (x) P2 stays online (Rotation.kron, the fused Kronecker quantize kernel); the
-weight is Q(clip(W diag(s) P^{-T})) computed in fp64 (Q: RTN as FlatQuant, or GPTQ).
+weight is Q(clip(W diag(s) P^{-T})) computed in fp64 (Q: RTN as FlatQuant, or GPTQ); the
+learned activation clip ratio becomes the module's act_clip_ratio (quantize_act's clip_ratio).
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class TrainSettings:
     batch: int = 4
     diag_alpha: float = 0.3
     weight_clip: bool = True
+    act_clip: bool = True
     loss: str = "mse"
     seed: int = 0
     weights: str = "rtn"  # or "gptq": GPTQ on the clipped, transformed weight
@@ -48,9 +51,10 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, cfg) -> "TrainSettings":
-        return cls(cfg.flat_epochs, cfg.flat_lr, cfg.flat_clip_lr, cfg.flat_batch, cfg.flat_diag_alpha,
-                   cfg.flat_weight_clip, cfg.loss_kind(), cfg.seed, cfg.rotation_weight_quantizer(),
-                   cfg.gptq_damp, cfg.gptq_block_size)
+        return cls(epochs=cfg.flat_epochs, lr=cfg.flat_lr, clip_lr=cfg.flat_clip_lr, batch=cfg.flat_batch,
+                   diag_alpha=cfg.flat_diag_alpha, weight_clip=cfg.flat_weight_clip, act_clip=cfg.flat_act_clip,
+                   loss=cfg.loss_kind(), seed=cfg.seed, weights=cfg.rotation_weight_quantizer(),
+                   gptq_damp=cfg.gptq_damp, gptq_block_size=cfg.gptq_block_size)
 
 
 @dataclass
@@ -96,7 +100,7 @@ def _total_loss(job: BlockJob, loss: str) -> float:
 def _optimize(job: BlockJob, transforms: list[KronTransform], wrappers: dict[str, FlatLinear],
               settings: TrainSettings) -> None:
     groups = [{"params": [p for t in transforms for p in t.parameters()], "lr": settings.lr}]
-    clips = [p for w in wrappers.values() if w.clip is not None for p in w.clip.parameters()]
+    clips = [p for w in wrappers.values() for c in (w.clip, w.act_clip) if c is not None for p in c.parameters()]
     if clips:
         groups.append({"params": clips, "lr": settings.clip_lr})
     opt = torch.optim.AdamW(groups)
@@ -145,14 +149,14 @@ def _install(job: BlockJob, transforms: list[KronTransform], settings: TrainSett
     wrappers = {}
     for gj, t in zip(job.groups, transforms):
         for name, lin in gj.linears.items():
-            wrappers[name] = FlatLinear(lin, t, job.fmt, settings.weight_clip)
+            wrappers[name] = FlatLinear(lin, t, job.fmt, settings.weight_clip, settings.act_clip)
             _swap(job.block, name, wrappers[name])
     return wrappers
 
 
 def _train(job: BlockJob, settings: TrainSettings):
     ident = _transforms(job, settings, identity=True)
-    _install(job, ident, TrainSettings(weight_clip=False))
+    _install(job, ident, TrainSettings(weight_clip=False, act_clip=False))
     identity_loss = _total_loss(job, settings.loss)
     transforms = _transforms(job, settings, identity=False)
     wrappers = _install(job, transforms, settings)
@@ -188,5 +192,5 @@ def _deploy(job: BlockJob, transforms: list[KronTransform], wrappers: dict[str, 
             else:
                 qw = quantize_weight(w, job.fmt, job.group_size)
             plans[name] = LinearPlan(qw, smooth=None if is_folded else s, input_scale=s if is_folded else None,
-                                     rotation=rot)
+                                     rotation=rot, act_clip_ratio=wrappers[name].act_clip_ratio())
     return plans

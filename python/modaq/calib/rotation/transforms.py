@@ -11,12 +11,15 @@ initialized Haar-random orthogonal; d is initialized SmoothQuant-style,
 d = max|W|^(1 - alpha) / max|x|^alpha per input channel (FlatQuant's diag_init, alpha = 0.3).
 Learnable weight clipping (FlatQuant's LWC): per output row, the range shrinks to
 [sigmoid(c_min) min w, sigmoid(c_max) max w] (c initialized to 4, sigmoid(4) = 0.982).
+Learnable activation clipping (FlatQuant's LAC): per Linear one ratio r = sigmoid(c_a)
+(c_a initialized to 4) shrinks every token's range to r * absmax; values beyond it saturate.
+FlatQuant learns separate factors for max x and min x; the deployed quantizer is symmetric
+(range = r * max|x|, quantize_act's clip_ratio), so one factor is learned here.
 
 Quantizers match the deployed modules (formats.py): per-token symmetric activations
-(scale = absmax / qmax), per-output-channel symmetric weights, round-to-nearest; the rounding
-passes gradients straight through (STE).  Activation clipping (FlatQuant's LAC) is not learned:
-the fused quantize_act kernel quantizes with the plain per-token absmax, so a learned clip ratio
-could not be deployed.
+(scale = r * absmax / qmax, the fused quantize_act kernel with clip_ratio = r),
+per-output-channel symmetric weights, round-to-nearest; the rounding passes gradients straight
+through (STE), so r gets gradients through the scale.
 """
 from __future__ import annotations
 
@@ -36,10 +39,14 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return (x.round() - x).detach() + x
 
 
-def fake_quant_rows(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Symmetric quantize-dequantize of each row of x [R, C] (scale = absmax / qmax), STE."""
+def fake_quant_rows(x: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric quantize-dequantize of each row of x [R, C], STE: scale = r * absmax / qmax with
+    r = clip_ratio (a scalar tensor, differentiable) or 1; values beyond r * absmax saturate."""
     qmax = 2 ** (bits - 1) - 1
-    scale = x.abs().amax(-1, keepdim=True).clamp(min=1e-12) / qmax
+    absmax = x.abs().amax(-1, keepdim=True)
+    if clip_ratio is not None:
+        absmax = absmax * clip_ratio
+    scale = absmax.clamp(min=1e-12) / qmax
     return torch.clamp(round_ste(x / scale), -qmax, qmax) * scale
 
 
@@ -96,21 +103,41 @@ class WeightClip(nn.Module):
         return torch.clamp(w, lo, hi)
 
 
-class FlatLinear(nn.Module):
-    """Training stand-in for an nn.Linear: y = Q_a((x * d) P) Q_w(clip((W / d) P^{-T}))^T + b,
-    fp32, with the Linear's weight frozen and the transform / clipping learnable."""
+class ActClip(nn.Module):
+    """Learnable activation clip ratio r = sigmoid(c) of one Linear's input (FlatQuant's LAC)."""
 
-    def __init__(self, linear: nn.Linear, transform: KronTransform, fmt: formats.QuantFormat, clip: bool):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Parameter(torch.tensor(CLIP_INIT))
+
+    def forward(self) -> torch.Tensor:
+        return torch.sigmoid(self.c.float())
+
+    @torch.no_grad()
+    def ratio(self) -> float:
+        """r as the deployed module's act_clip_ratio: the fp32 value training used (kept above
+        the smallest normal fp32 so that a collapsed ratio still deploys)."""
+        return max(float(self.forward()), float(torch.finfo(torch.float32).tiny))
+
+
+class FlatLinear(nn.Module):
+    """Training stand-in for an nn.Linear: y = Q_a((x * d) P; r) Q_w(clip((W / d) P^{-T}))^T + b,
+    fp32, with the Linear's weight frozen and the transform / clipping learnable (weight
+    clipping if `clip`, the activation clip ratio r if `act_clip`, else r = 1)."""
+
+    def __init__(self, linear: nn.Linear, transform: KronTransform, fmt: formats.QuantFormat, clip: bool,
+                 act_clip: bool = False):
         super().__init__()
         if fmt.weight_only or not fmt.weight_symmetric:
             raise ValueError(f"fmt: FlatLinear needs a weight-activation format, got {fmt.name}")
         self.linear, self.transform, self.fmt = linear, transform, fmt
         self.clip = WeightClip(linear.out_features).to(linear.weight.device) if clip else None
+        self.act_clip = ActClip().to(linear.weight.device) if act_clip else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         xt = self.transform.act(x.reshape(-1, shape[-1]).float())
-        xq = fake_quant_rows(xt, self.fmt.act_bits)
+        xq = fake_quant_rows(xt, self.fmt.act_bits, None if self.act_clip is None else self.act_clip())
         w = self.transform.weight(self.linear.weight.float())
         if self.clip is not None:
             w = self.clip(w)
@@ -123,3 +150,7 @@ class FlatLinear(nn.Module):
     def clip_weight(self, w: torch.Tensor) -> torch.Tensor:
         """The learned clipping applied to a deployed weight [N, K] (any float dtype)."""
         return w if self.clip is None else self.clip(w)
+
+    def act_clip_ratio(self) -> float:
+        """The deployed module's act_clip_ratio (1.0 without activation clipping)."""
+        return 1.0 if self.act_clip is None else self.act_clip.ratio()
