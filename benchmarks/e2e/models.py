@@ -73,7 +73,9 @@ def config(family: str, tiny: bool = False, text_layers: int | None = None):
         if tiny:
             vision.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                           image_size=56)
-        ids = dict(image_token_index=300, video_token_index=301) if tiny else {}
+        # tiny: anyres pinpoints in multiples of the 56 px crop (the default ones are 384 px multiples)
+        ids = dict(image_token_index=300, video_token_index=301,
+                   image_grid_pinpoints=[[56, 56], [56, 112], [112, 56], [112, 112]]) if tiny else {}
         return tf.LlavaOnevisionConfig(text_config=text, vision_config=vision, vision_feature_layer=-1,
                                        vision_feature_select_strategy="full", attn_implementation="sdpa", **ids)
     text.update(model_type="qwen2_vl_text", vocab_size=320 if tiny else 152064,
