@@ -70,13 +70,18 @@ class Plan:
     rotation_layers: tuple[str, ...] | None = None
     llm: bool = True  # time LLM prefill + decode (else the decoder is built with one layer)
     vit: bool = False  # time the vision stage
+    decode_only: bool = False  # of the LLM stages, time decode only
 
 
 # in the order of the targets: decode W3A16, prefill W4A8, ViT W8A8 / W4A8, weights W4A16, then
 # W4A4 (whose first use compiles another ~20 Triton kernel variants)
 PLANS = (Plan("fp16", vit=True), Plan("w3a16", decoder="w3a16"), Plan("w4a8", decoder="w4a8"),
          Plan("w8a8", vision="w8a8", llm=False, vit=True), Plan("w4a8", vision="w4a8", llm=False, vit=True),
-         Plan("w4a16", decoder="w4a16"), Plan("w4a4_rot", decoder="w4a4", rotation_layers=QUAROT_ONLINE))
+         Plan("w4a16", decoder="w4a16"), Plan("w4a4_rot", decoder="w4a4", rotation_layers=QUAROT_ONLINE),
+         # diagnostic: the decoder's Linears replaced by NoLinear (zeros, no weights read): what decode
+         # costs without any Linear work, the floor every weight format's decode time sits above
+         Plan("no_linear", decoder="no_linear", decode_only=True))
+NO_LINEAR = "no_linear"
 
 
 def plan_name(plan: Plan) -> str:
@@ -103,7 +108,9 @@ class Bench:
         t0 = time.time()
         model = models.build(family, self.device, self.dtype, self.tiny, text_layers=None if plan.llm else 1)
         t1 = time.time()
-        if plan.decoder or plan.vision:
+        if plan.decoder == NO_LINEAR:
+            models.strip_linears(models.parts(model).decoder)
+        elif plan.decoder or plan.vision:
             from modaq import api
             api.quantize_rtn_(model, plan.decoder, vision_format=plan.vision,
                               rotation="hadamard" if plan.rotation_layers else None,
@@ -115,7 +122,7 @@ class Bench:
         info = {"family": family, "plan": plan_name(plan), "build_s": t1 - t0, "swap_s": time.time() - t1}
         self.results.plans.append(info)
         p = models.parts(model)
-        if plan.llm:
+        if plan.llm and plan.decoder != NO_LINEAR:  # (its outputs are zeros: no weights, nothing to check)
             self.results.weights.setdefault(family, {})[plan.column] = {
                 "decoder_linear_bytes": models.linear_weight_bytes(p.decoder),
                 "lm_head_bytes": models.linear_weight_bytes(p.lm_head),  # stays FP16: read every decode step
@@ -146,7 +153,7 @@ class Bench:
             self.measure(family, plan, "vit", vi.label, vi.tokens, 1, make, {})
 
     def time_llm(self, family: str, plan: Plan, p: models.Parts) -> None:
-        for seq in self.sizes["prefill"]:
+        for seq in () if plan.decode_only else self.sizes["prefill"]:
             self.measure(family, plan, "prefill", f"{seq} tok", seq, 1,
                          lambda seq=seq: steps.prefill_step(p, seq, self.device), {})
         for batch in self.sizes["batches"]:
@@ -197,6 +204,10 @@ def main() -> int:
     ap.add_argument("--models", default=",".join(models.FAMILIES), help="comma-separated: %(default)s")
     ap.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16")
     ap.add_argument("--replays", type=int, default=None, help="timed batches per measurement")
+    ap.add_argument("--plans", default=None,
+                    help="comma-separated plan columns to run (default all: " + ",".join(dict.fromkeys(
+                        p.column for p in PLANS)) + ")")
+    ap.add_argument("--name", default="", help="result file prefix: e2e_<name>_<device>.json")
     ap.add_argument("--time-budget-s", type=float, default=None,
                     help="stop starting new measurements after this many seconds (default 270 on the GPU)")
     ap.add_argument("--check-graph-breaks", action="store_true",
@@ -208,6 +219,10 @@ def main() -> int:
         ap.error(f"--models: expected names from {models.FAMILIES}, got {args.models!r}")
     if not args.dry_run and not torch.cuda.is_available():
         ap.error("no CUDA device: run with --dry-run on a CPU machine")
+    columns = {p.column for p in PLANS}
+    wanted = columns if args.plans is None else {c.strip() for c in args.plans.split(",") if c.strip()}
+    if not wanted or wanted - columns:
+        ap.error(f"--plans: expected names from {sorted(columns)}, got {args.plans!r}")
     device = "cpu" if args.dry_run else "cuda"
     sizes = dict(TINY if args.dry_run else FULL)
     if args.time_budget_s is None and not args.dry_run:
@@ -222,7 +237,7 @@ def main() -> int:
         from modaq import ops
         results.meta["backends"] = ops.backends()
         print(f"backends: {results.meta['backends']}", flush=True)
-    for plan in PLANS:  # plan-major: with a short budget both models lose the same (last) plans
+    for plan in (p for p in PLANS if p.column in wanted):  # plan-major: with a short budget both models lose the same (last) plans
         for family in families:
             failed = None
             try:
@@ -252,7 +267,7 @@ def meta(args, device: str, sizes: dict) -> dict:
     name = "cpu-dry-run" if device == "cpu" else torch.cuda.get_device_name(0)
     return {"device": name, "torch": torch.__version__, "triton": triton.__version__,
             "transformers": transformers.__version__, "dtype": args.dtype,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "name": args.name,
             "sizes": sizes, "time_budget_s": args.time_budget_s,
             "method": ("Each step is captured in one CUDA graph and replayed; ms = median over "
                        f"{args.replays or sizes['replays']} timed batches (decode: {sizes['steps']} "

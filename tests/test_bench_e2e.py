@@ -46,8 +46,9 @@ def test_dry_run_times_every_stage_and_format(dry_run):
             assert got == set(DECODER_COLUMNS)
         for b in data["meta"]["sizes"]["batches"]:
             got = [r for k, r in rows.items() if k[:3] == (family, "decode", f"b{b} (ms/token)")]
-            assert {r["format"] for r in got} == set(DECODER_COLUMNS)
+            assert {r["format"] for r in got} == set(DECODER_COLUMNS) | {"no_linear"}  # + the floor diagnostic
             assert all(r["steps"] == data["meta"]["sizes"]["steps"] for r in got)
+        assert not any(k[0] == family and k[1] == "prefill" and k[3] == "no_linear" for k in rows)
         assert all(r["speedup_vs_fp16"] > 0 for k, r in rows.items() if k[0] == family and k[3] != "fp16")
 
 
@@ -154,3 +155,15 @@ def test_targets_compare_against_the_same_run_fp16(tmp_path):
                    "decoder Linear weights W3A16": True}
     md = (tmp_path / "e2e_test.md").read_text()
     assert "3.20 (2.81x)" in md and "7.50 (1.33x)" in md and "0.20 (5.00x smaller)" not in md
+
+
+def test_no_linear_floor_reads_no_weights():
+    """strip_linears leaves a decoder whose Linears are zeros of the right shape (the decode floor)."""
+    from torch import nn
+
+    block = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Sequential(nn.Linear(16, 4)))
+    assert models.strip_linears(block) == 2
+    assert not any(isinstance(m, nn.Linear) for m in block.modules())
+    assert models.linear_weight_bytes(block) == 0
+    y = block(torch.randn(3, 5, 8))
+    assert y.shape == (3, 5, 4) and not y.any()

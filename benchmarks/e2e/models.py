@@ -156,3 +156,26 @@ def linear_weight_bytes(module: nn.Module) -> int:
         elif isinstance(m, nn.Linear):
             total += sum(p.numel() * p.element_size() for p in m.parameters(recurse=False))
     return total
+
+
+class NoLinear(nn.Module):
+    """Stand-in for a Linear that reads no weights and does no math: returns zeros of the output
+    shape (one small memset launch).  A decoder built of these times everything but the Linears,
+    the floor that no weight format can go below."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(*x.shape[:-1], self.out_features)
+
+
+def strip_linears(module: nn.Module) -> int:
+    """Replace every nn.Linear under `module` by a NoLinear; returns how many."""
+    names = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        lin = module.get_submodule(name)
+        setattr(module.get_submodule(parent) if parent else module, child, NoLinear(lin.in_features, lin.out_features))
+    return len(names)

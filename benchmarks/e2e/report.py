@@ -11,7 +11,7 @@ import json
 import pathlib
 
 COLUMNS = [("fp16", "FP16"), ("w3a16", "W3A16"), ("w4a16", "W4A16"), ("w4a8", "W4A8"),
-           ("w4a4_rot", "W4A4+rot"), ("w8a8", "W8A8")]
+           ("w4a4_rot", "W4A4+rot"), ("w8a8", "W8A8"), ("no_linear", "no-Linear floor")]
 STAGES = {"vit": "ViT prefill", "prefill": "LLM prefill", "decode": "decode"}
 TARGETS = {
     "decode_w3a16_b1": 3.0,  # decode W3A16 at batch 1 >= 3x FP16
@@ -48,6 +48,8 @@ class Results:
     def write(self) -> list[dict]:
         targets = self.targets()
         tag = "".join(c if c.isalnum() else "_" for c in self.meta["device"].lower()).strip("_")
+        if self.meta.get("name"):
+            tag = f"{self.meta['name']}_{tag}"
         self.out.mkdir(parents=True, exist_ok=True)
         for r in self.rows:
             if "ms" in r and r["format"] != "fp16":
