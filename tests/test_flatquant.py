@@ -16,7 +16,7 @@ from modaq.calib.methods.base import BlockData, BlockJob, GroupJob
 from modaq.calib.modality import ModalityStats, ModalityWeights
 from modaq.calib.records import InputRecord
 from modaq.calib.rotation.train import TrainSettings, train_block
-from modaq.calib.rotation.transforms import FlatLinear, KronTransform
+from modaq.calib.rotation.transforms import FlatLinear, KronTransform, cached_weights
 from modaq.nn import QUANT_LINEARS, RMSNorm
 
 K, N = 128, 64
@@ -114,6 +114,33 @@ def test_kron_transform_pair_is_exact_in_fp():
     torch.testing.assert_close(rot.apply(x / s), t.act(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="weight-activation format"):
         FlatLinear(nn.Linear(K, N), t, formats.get_format("w4a16"), clip=True)
+
+
+def test_cached_weights_give_the_same_loss_and_gradients():
+    """One optimizer step's forwards share the fake-quantized weight (cached_weights): same loss
+    and same gradients as recomputing it per forward, and the cache is cleared on exit."""
+    gen = torch.Generator().manual_seed(5)
+    t = KronTransform(K, 0.5 + torch.rand(K, generator=gen), seed=3)
+    lin = nn.Linear(K, N)
+    flats = [FlatLinear(lin, t, formats.get_format("w4a8"), clip=True, act_clip=True) for _ in range(2)]
+    xs = [torch.randn(6, K, generator=gen) for _ in range(3)]
+    params = list(t.parameters()) + [p for f in flats for p in (*f.clip.parameters(), *f.act_clip.parameters())]
+
+    def loss_and_grads():
+        for p in params:
+            p.grad = None
+        loss = sum(f(x).square().sum() for f in flats for x in xs)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    plain_loss, plain_grads = loss_and_grads()
+    with cached_weights(flats):
+        assert flats[0]._weight is not None and t._inverses is not None
+        cached_loss, cached_grads = loss_and_grads()
+    assert flats[0]._weight is None and t._inverses is None
+    torch.testing.assert_close(cached_loss, plain_loss, rtol=1e-6, atol=0)
+    for a, b in zip(cached_grads, plain_grads):  # fp32 summation order differs: compare norm-wise
+        assert b.norm() > 0 and (a - b).norm() <= 1e-5 * b.norm(), float((a - b).norm() / b.norm())
 
 
 def test_training_lowers_the_block_loss_and_the_module_deploys_it():

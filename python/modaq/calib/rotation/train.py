@@ -31,7 +31,7 @@ from ..methods.base import BlockJob, LinearPlan
 from ..methods.common import quantize_weight, token_error
 from ..methods.equalize import fold_scale
 from ..methods.gptq import gptq_quantize
-from .transforms import FlatLinear, KronTransform, smoothquant_init
+from .transforms import FlatLinear, KronTransform, cached_weights, smoothquant_init
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,9 @@ def _block_loss(job: BlockJob, i: int, loss: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _total_loss(job: BlockJob, loss: str) -> float:
-    return float(sum(_block_loss(job, i, loss) for i in range(len(job.data.targets))))
+def _total_loss(job: BlockJob, wrappers: dict[str, FlatLinear], loss: str) -> float:
+    with cached_weights(wrappers.values()):
+        return float(sum(_block_loss(job, i, loss) for i in range(len(job.data.targets))))
 
 
 def _optimize(job: BlockJob, transforms: list[KronTransform], wrappers: dict[str, FlatLinear],
@@ -110,9 +111,11 @@ def _optimize(job: BlockJob, transforms: list[KronTransform], wrappers: dict[str
     with torch.enable_grad():
         for _ in range(settings.epochs):
             for start in range(0, n, settings.batch):
-                total = sum(_block_loss(job, i, settings.loss) for i in range(start, min(start + settings.batch, n)))
                 opt.zero_grad(set_to_none=True)
-                (total / total.detach().clamp(min=1e-30)).backward()
+                with cached_weights(wrappers.values()):
+                    total = sum(_block_loss(job, i, settings.loss)
+                                for i in range(start, min(start + settings.batch, n)))
+                    (total / total.detach().clamp(min=1e-30)).backward()
                 opt.step()
                 sched.step()
 
@@ -156,13 +159,13 @@ def _install(job: BlockJob, transforms: list[KronTransform], settings: TrainSett
 
 def _train(job: BlockJob, settings: TrainSettings):
     ident = _transforms(job, settings, identity=True)
-    _install(job, ident, TrainSettings(weight_clip=False, act_clip=False))
-    identity_loss = _total_loss(job, settings.loss)
+    identity = _install(job, ident, TrainSettings(weight_clip=False, act_clip=False))
+    identity_loss = _total_loss(job, identity, settings.loss)
     transforms = _transforms(job, settings, identity=False)
     wrappers = _install(job, transforms, settings)
-    init_loss = _total_loss(job, settings.loss)
+    init_loss = _total_loss(job, wrappers, settings.loss)
     _optimize(job, transforms, wrappers, settings)
-    return BlockLosses(identity_loss, init_loss, _total_loss(job, settings.loss)), transforms, wrappers
+    return BlockLosses(identity_loss, init_loss, _total_loss(job, wrappers, settings.loss)), transforms, wrappers
 
 
 def transformed_gram(h: torch.Tensor, s: torch.Tensor, rot) -> torch.Tensor:

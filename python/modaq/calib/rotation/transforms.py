@@ -23,6 +23,8 @@ through (STE), so r gets gradients through the scale.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -71,6 +73,14 @@ class KronTransform(nn.Module):
         self.left = nn.Parameter(left)
         self.right = nn.Parameter(right)
         self.scale = nn.Parameter(torch.ones(k) if scale is None or identity else scale.detach().float().clone())
+        self._inverses = None  # (P1^{-T}, P2^{-T}) while cached_weights is active
+
+    def inverses_t(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P1^{-T}, P2^{-T}) in fp32, inverted in fp64 (differentiable)."""
+        if self._inverses is not None:
+            return self._inverses
+        return (torch.linalg.inv(self.left.double()).t().float(),
+                torch.linalg.inv(self.right.double()).t().float())
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, K] fp32 -> (x * d) P."""
@@ -78,9 +88,7 @@ class KronTransform(nn.Module):
 
     def weight(self, w: torch.Tensor) -> torch.Tensor:
         """W [N, K] fp32 -> (W / d) P^{-T}; the inverses in fp64 (differentiable)."""
-        left_inv_t = torch.linalg.inv(self.left.double()).t().float()
-        right_inv_t = torch.linalg.inv(self.right.double()).t().float()
-        return kron_rows(w / self.scale, left_inv_t, right_inv_t)
+        return kron_rows(w / self.scale, *self.inverses_t())
 
     @torch.no_grad()
     def deployed(self) -> tuple[torch.Tensor, Rotation]:
@@ -133,15 +141,22 @@ class FlatLinear(nn.Module):
         self.linear, self.transform, self.fmt = linear, transform, fmt
         self.clip = WeightClip(linear.out_features).to(linear.weight.device) if clip else None
         self.act_clip = ActClip().to(linear.weight.device) if act_clip else None
+        self._weight = None  # the fake-quantized weight while cached_weights is active
+
+    def quantized_weight(self) -> torch.Tensor:
+        """Q_w(clip((W / d) P^{-T})) [N, K] fp32 (differentiable in the transform and clipping)."""
+        if self._weight is not None:
+            return self._weight
+        w = self.transform.weight(self.linear.weight.float())
+        if self.clip is not None:
+            w = self.clip(w)
+        return fake_quant_rows(w, self.fmt.weight_bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         xt = self.transform.act(x.reshape(-1, shape[-1]).float())
         xq = fake_quant_rows(xt, self.fmt.act_bits, None if self.act_clip is None else self.act_clip())
-        w = self.transform.weight(self.linear.weight.float())
-        if self.clip is not None:
-            w = self.clip(w)
-        y = xq @ fake_quant_rows(w, self.fmt.weight_bits).t()
+        y = xq @ self.quantized_weight().t()
         if self.linear.bias is not None:
             y = y + self.linear.bias.float()
         return y.reshape(*shape[:-1], -1).to(x.dtype)
@@ -154,3 +169,24 @@ class FlatLinear(nn.Module):
     def act_clip_ratio(self) -> float:
         """The deployed module's act_clip_ratio (1.0 without activation clipping)."""
         return 1.0 if self.act_clip is None else self.act_clip.ratio()
+
+
+@contextmanager
+def cached_weights(wrappers):
+    """Within the block: each transform's inverses and each FlatLinear's fake-quantized weight
+    computed once (they depend on the parameters, not on the sample), shared by every forward
+    of an optimizer step; autograd sums the samples' gradients through the shared graph.
+    Without it every sample's forward re-inverts P1, P2 in fp64 for every member Linear."""
+    wrappers = list(wrappers)
+    transforms = list({id(w.transform): w.transform for w in wrappers}.values())
+    try:
+        for t in transforms:
+            t._inverses = t.inverses_t()
+        for w in wrappers:
+            w._weight = w.quantized_weight()
+        yield
+    finally:
+        for w in wrappers:
+            w._weight = None
+        for t in transforms:
+            t._inverses = None
