@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from modaq import api, cli
+from modaq.calib import demo
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,12 +23,23 @@ def test_help_documents_every_command():
 
 def test_demo_runs_and_prints_the_fidelity_table(tmp_path, capsys):
     path = tmp_path / "demo.json"
-    assert cli.main(["demo", "--methods", "rtn,mbq", "--samples", "4", "--json", str(path)]) == 0
+    assert cli.main(["demo", "--methods", "rtn,mbq", "--samples", "4", "--json", str(path), "--no-vqa"]) == 0
     out = capsys.readouterr().out
     assert "KL text" in out and "mbq" in out and "KL vs RTN" in out
     data = json.loads(path.read_text())
     assert set(data["results"]) == {"rtn", "mbq"}
     assert all(r["kl_text"] > 0 for r in data["results"].values())
+
+
+@pytest.mark.skipif(demo.vqa_checkout() is None, reason="needs the checkout's benchmarks/checkpoints/vqa-cpu")
+def test_demo_scores_the_trained_vqa_model_when_the_checkout_has_it(capsys):
+    assert cli.main(["demo", "--methods", "rtn", "--samples", "4", "--format", "w4a4", "--vision-format", "w4a4"]) == 0
+    out = capsys.readouterr().out
+    assert "VQA exact match of the trained CPU benchmark VLM" in out and "setting w4a4" in out
+    fp = next(line for line in out.splitlines() if line.startswith("| fp |"))
+    rtn = next(line for line in out.splitlines() if line.startswith("| rtn | W4A4 |"))
+    assert float(fp.split("|")[8]) >= 90.0  # the trained model's FP exact match over all tasks
+    assert rtn.split("|")[-2].strip() == "ok"
 
 
 def test_quantize_then_inspect_a_tiny_model(tmp_path, capsys):

@@ -119,7 +119,7 @@ def cmd_demo(args) -> int:
 
     run_demo(family=args.family, methods=[m for m in args.methods.split(",") if m], fmt=args.format,
              vision_format=args.vision_format,
-             samples=args.samples, device=args.device, threads=args.threads, json_path=args.json)
+             samples=args.samples, device=args.device, threads=args.threads, json_path=args.json, vqa=not args.no_vqa)
     return 0
 
 
@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto", help="auto, cpu, cuda")
     d.add_argument("--threads", type=int, default=1, help="CPU threads (tiny matrices: 1 is fastest)")
     d.add_argument("--json", default=None, help="also write the results to this JSON file")
+    d.add_argument("--no-vqa", action="store_true", help="skip the VQA accuracy part (run from a checkout that "
+                   "holds benchmarks/checkpoints/vqa-cpu, the demo also scores that trained VLM per method)")
     d.set_defaults(func=cmd_demo)
 
     i = sub.add_parser("inspect", help="summarize a directory written by modaq quantize")

@@ -5,12 +5,20 @@ The tiny model has planted outlier activation channels and vision tokens enterin
 modality weighting address.  Each method quantizes a fresh copy on synthetic image-caption data;
 the table gives the mean relative block error per stage and modality (on the calibration inputs)
 and the KL divergence of next-token distributions on text positions of held-out samples.
+
+When modaq runs from a source checkout that holds the trained CPU benchmark VLM
+(benchmarks/checkpoints/vqa-cpu, issue 6), the demo then also calibrates that model with each
+method on VQA dialogues and prints exact-match accuracy per task (benchmarks/vqa_quant_accuracy.py
+at demo sizes: 32 calibration dialogues, 250 test questions).
 """
 from __future__ import annotations
 
 import copy
 import json
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,8 +33,9 @@ from .tiny import tiny_vlm
 
 def run_demo(family: str = "qwen2_vl", methods: list[str] | None = None, fmt: str = "w4a8",
              vision_format: str | None = "w8a8", samples: int = 16, device: str = "auto", threads: int | None = 1,
-             json_path: str | None = None, print_fn=print) -> dict:
-    """Run the demo; returns {method: CalibrationResult as dict}."""
+             json_path: str | None = None, print_fn=print, vqa: bool = True) -> dict:
+    """Run the demo; returns {method: CalibrationResult as dict}.  With `vqa` and a checkout that
+    has the trained benchmark VLM, also the VQA accuracy table (module docstring)."""
     if not methods:  # every method that takes the format (flatquant needs quantized activations)
         weight_only = formats.get_format(fmt).weight_only or (
             vision_format not in (None, "none") and formats.get_format(vision_format).weight_only)
@@ -61,8 +70,45 @@ def run_demo(family: str = "qwen2_vl", methods: list[str] | None = None, fmt: st
         print_fn("KL vs RTN: " + ", ".join(f"{n} {r.kl_text / base:.2f}x" for n, r in results.items() if n != "rtn"))
     print_fn(f"total {time.perf_counter() - start:.1f} s")
     out = {n: r.to_dict() for n, r in results.items()}
+    root = vqa_checkout()
+    if vqa and root is not None:
+        run_vqa_demo(root, methods, fmt, vision_format, device, print_fn)
     if json_path:
         with open(json_path, "w", encoding="utf-8") as f:
             json.dump({"family": family, "format": fmt, "vision_format": vision_format, "samples": samples,
                        "device": str(dev), "results": out}, f, indent=2)
     return out
+
+
+VQA_CHECKPOINT = Path("benchmarks") / "checkpoints" / "vqa-cpu"
+
+
+def vqa_checkout() -> Path | None:
+    """The source checkout modaq runs from (python/modaq/calib/demo.py -> the repository root), if
+    it holds the VQA accuracy benchmark and its trained CPU checkpoint; None for an installed wheel."""
+    root = Path(__file__).resolve().parents[3]
+    if (root / "benchmarks" / "vqa_quant_accuracy.py").is_file() and (root / VQA_CHECKPOINT / "config.json").is_file():
+        return root
+    return None
+
+
+def run_vqa_demo(root: Path, methods: list[str], fmt: str, vision_format: str | None, device: str,
+                 print_fn=print) -> None:
+    """VQA exact match of the trained CPU benchmark VLM under each method (demo sizes)."""
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks import vqa_quant_accuracy as bench
+    from benchmarks.vqa.quant_table import FORMAT_SETTINGS
+
+    wanted = {"format": fmt, "vision_format": vision_format if vision_format not in (None, fmt) else None}
+    setting = next((name for name, s in FORMAT_SETTINGS.items()
+                    if {"format": s["format"], "vision_format": s.get("vision_format")} == wanted), None)
+    if setting is None:
+        print_fn(f"\nVQA accuracy: the benchmark has no setting for language {fmt} + vision {vision_format} "
+                 f"(it has {', '.join(FORMAT_SETTINGS)}); skipped")
+        return
+    print_fn(f"\nVQA exact match of the trained CPU benchmark VLM ({VQA_CHECKPOINT}), setting {setting}:")
+    with tempfile.TemporaryDirectory() as tmp:
+        bench.main(["--model", str(root / VQA_CHECKPOINT), "--methods", *methods, "--formats", setting,
+                    "--samples", "250", "--calib-samples", "32", "--kl-samples", "16", "--device", device,
+                    "--threads", str(torch.get_num_threads()), "--quiet", "--out-json", str(Path(tmp) / "demo.json")])
