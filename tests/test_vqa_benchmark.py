@@ -431,3 +431,36 @@ def test_modality_stats_script_writes_results(tiny_checkpoint, tmp_path):
     assert layer["vision"]["grad_abs_mean"] == 0 and layer["text"]["grad_abs_mean"] > 0
     assert layer["vision"]["grad_in_abs_mean"] > 0 and layer["text"]["grad_in_abs_mean"] > 0
     assert "| 0 |" in (tmp_path / "modality_stats_t.md").read_text()
+
+
+def test_rotation_ablation_assembles_variants_from_partials(tmp_path):
+    """vqa_rotation_ablation maps each partial's QuantConfig overrides to its Table-2 variant and
+    keeps only the requested setting's ok rows, in the variants' order."""
+    import json
+    from benchmarks.vqa_rotation_ablation import main, variant_of
+
+    assert variant_of("flatquant", {"language_calibration": "text"}) == "text-only"
+    assert variant_of("quarot", {"modality": "mbq"}).startswith("weighted")
+    assert variant_of("quarot", {"beta": 0.5}) is None
+    acc = lambda a: {t: {"correct": 1, "total": 1, "accuracy": a} for t in (*TASKS, "all")}  # noqa: E731
+    header = {"model": "m", "samples": 10, "test_seed": 1, "calib_samples": 4, "calib_seed": 0, "kl_samples": 2,
+              "device": "cpu", "torch": "t"}
+    fp = {"method": "fp", "setting": "-", "status": "ok", "per_task": acc(1.0)}
+
+    def row(method, a, setting="w4a4", status="ok"):
+        return {"method": method, "setting": setting, "status": status, "per_task": acc(a), "kl_text": 1 - a,
+                "errors": {"language_text": 0.1, "language_vision": None}}
+    parts = {"default": ({}, [row("quarot", 0.9), row("flatquant", 0.95), row("rtn", 0.5)]),
+             "text": ({"language_calibration": "text"}, [row("flatquant", 0.8), row("flatquant", 0.1, "w4a8")]),
+             "mbq": ({"modality": "mbq"}, [row("quarot", 0.97), row("quarot", 0.2, status="error")])}
+    for name, (overrides, rows) in parts.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"header": {**header, "overrides": overrides},
+                                                           "fp": fp, "rows": rows}))
+    assert main(["--partials", *(str(tmp_path / f"{n}.json") for n in parts), "--name", "t",
+                 "--results-dir", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "vqa_rotation_ablation_t.json").read_text())
+    assert [(r["method"], r["variant"], r["per_task"]["all"]["accuracy"]) for r in data["rows"]] == [
+        ("flatquant", "text-only", 0.8), ("flatquant", "weighted (scale ratio)", 0.95),
+        ("quarot", "multimodal", 0.9), ("quarot", "weighted (MBQ gradients: MBQ(Rot))", 0.97)]
+    table = (tmp_path / "vqa_rotation_ablation_t.md").read_text()
+    assert "| flatquant | text-only |" in table and "| -20.0 |" in table
