@@ -230,3 +230,22 @@ def test_scale_ratio_weighting_moves_the_optimum_toward_text_fidelity():
     text_p, vis_p = _text_error_after_training(plain)
     assert text_w < 0.5 * text_p, (text_w, text_p)  # measured 0.27x
     assert vis_w > vis_p
+
+
+def test_a_diverged_training_raises_instead_of_deploying_nan(monkeypatch):
+    """A transform that became singular (inv_ex does not check) gives a non-finite block loss:
+    train_block raises a clear error and leaves the block's weights as they were."""
+    import modaq.calib.rotation.train as train
+
+    def collapse(job, transforms, wrappers, settings, weights):
+        with torch.no_grad():
+            transforms[0].left.zero_()
+    monkeypatch.setattr(train, "_optimize", collapse)
+    gen = torch.Generator().manual_seed(2)
+    block = NormLinear(gen)
+    xs, masks = _modality_tokens(gen)
+    before = {n: p.detach().clone() for n, p in block.named_parameters()}
+    with pytest.raises(RuntimeError, match="FlatQuant training of block block: the block loss became"):
+        train_block(_job(block, xs, masks, "w4a8", (1.0, 1.0)), TrainSettings(epochs=1))
+    for n, p in block.named_parameters():
+        torch.testing.assert_close(p.detach(), before[n])

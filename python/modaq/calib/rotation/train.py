@@ -21,6 +21,7 @@ learned activation clip ratio becomes the module's act_clip_ratio (quantize_act'
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -81,25 +82,37 @@ def _transforms(job: BlockJob, settings: TrainSettings, identity: bool) -> list[
     return out
 
 
-def _block_loss(job: BlockJob, i: int, loss: str) -> torch.Tensor:
+def _token_weights(job: BlockJob) -> list[torch.Tensor]:
+    """Per sample, each token's multiplier in the block loss (a_v on vision tokens, a_t on text),
+    on the targets' device once per block: the training loop then needs no host copies and no
+    boolean indexing, each of which would synchronize the GPU on every sample."""
+    a_v, a_t = job.data.coeffs
+    out = []
+    for target, vis in zip(job.data.targets, job.data.vision):
+        tokens = target.numel() // target.shape[-1]
+        if vis is None:
+            out.append(torch.full((tokens,), a_v, device=target.device))
+        else:
+            out.append(torch.where(vis.reshape(-1).to(target.device), a_v, a_t).float())
+    return out
+
+
+def _block_loss(job: BlockJob, i: int, loss: str, weights: list[torch.Tensor]) -> torch.Tensor:
     data = job.data
     y = data.run(job.block, i, torch.float32)
     target = data.targets[i].to(y.device)
     e = token_error((y.float() - target.float()).reshape(-1, y.shape[-1]), loss)
-    vis = data.vision[i]
-    vis = torch.ones_like(e, dtype=torch.bool) if vis is None else vis.reshape(-1).to(e.device)
-    a_v, a_t = data.coeffs
-    return a_v * e[vis].sum() + a_t * e[~vis].sum()
+    return (e * weights[i].to(e.device)).sum()
 
 
 @torch.no_grad()
-def _total_loss(job: BlockJob, wrappers: dict[str, FlatLinear], loss: str) -> float:
+def _total_loss(job: BlockJob, wrappers: dict[str, FlatLinear], loss: str, weights: list[torch.Tensor]) -> float:
     with cached_weights(wrappers.values()):
-        return float(sum(_block_loss(job, i, loss) for i in range(len(job.data.targets))))
+        return float(sum(_block_loss(job, i, loss, weights) for i in range(len(job.data.targets))))
 
 
 def _optimize(job: BlockJob, transforms: list[KronTransform], wrappers: dict[str, FlatLinear],
-              settings: TrainSettings) -> None:
+              settings: TrainSettings, weights: list[torch.Tensor]) -> None:
     groups = [{"params": [p for t in transforms for p in t.parameters()], "lr": settings.lr}]
     clips = [p for w in wrappers.values() for c in (w.clip, w.act_clip) if c is not None for p in c.parameters()]
     if clips:
@@ -113,7 +126,7 @@ def _optimize(job: BlockJob, transforms: list[KronTransform], wrappers: dict[str
             for start in range(0, n, settings.batch):
                 opt.zero_grad(set_to_none=True)
                 with cached_weights(wrappers.values()):
-                    total = sum(_block_loss(job, i, settings.loss)
+                    total = sum(_block_loss(job, i, settings.loss, weights)
                                 for i in range(start, min(start + settings.batch, n)))
                     (total / total.detach().clamp(min=1e-30)).backward()
                 opt.step()
@@ -159,13 +172,18 @@ def _install(job: BlockJob, transforms: list[KronTransform], settings: TrainSett
 
 def _train(job: BlockJob, settings: TrainSettings):
     ident = _transforms(job, settings, identity=True)
+    weights = _token_weights(job)
     identity = _install(job, ident, TrainSettings(weight_clip=False, act_clip=False))
-    identity_loss = _total_loss(job, identity, settings.loss)
+    identity_loss = _total_loss(job, identity, settings.loss, weights)
     transforms = _transforms(job, settings, identity=False)
     wrappers = _install(job, transforms, settings)
-    init_loss = _total_loss(job, wrappers, settings.loss)
-    _optimize(job, transforms, wrappers, settings)
-    return BlockLosses(identity_loss, init_loss, _total_loss(job, wrappers, settings.loss)), transforms, wrappers
+    init_loss = _total_loss(job, wrappers, settings.loss, weights)
+    _optimize(job, transforms, wrappers, settings, weights)
+    final_loss = _total_loss(job, wrappers, settings.loss, weights)
+    if not math.isfinite(final_loss):
+        raise RuntimeError(f"FlatQuant training of block {job.name or '?'}: the block loss became {final_loss} "
+                           "(a singular or exploding transform); try a lower flat_lr")
+    return BlockLosses(identity_loss, init_loss, final_loss), transforms, wrappers
 
 
 def transformed_gram(h: torch.Tensor, s: torch.Tensor, rot) -> torch.Tensor:

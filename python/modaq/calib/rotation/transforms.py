@@ -76,11 +76,13 @@ class KronTransform(nn.Module):
         self._inverses = None  # (P1^{-T}, P2^{-T}) while cached_weights is active
 
     def inverses_t(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(P1^{-T}, P2^{-T}) in fp32, inverted in fp64 (differentiable)."""
+        """(P1^{-T}, P2^{-T}) in fp32, inverted in fp64 (differentiable).  inv_ex: linalg.inv's
+        singularity check would synchronize the GPU on every call; a singular factor shows up as
+        non-finite weights and a non-finite loss instead."""
         if self._inverses is not None:
             return self._inverses
-        return (torch.linalg.inv(self.left.double()).t().float(),
-                torch.linalg.inv(self.right.double()).t().float())
+        return (torch.linalg.inv_ex(self.left.double()).inverse.t().float(),
+                torch.linalg.inv_ex(self.right.double()).inverse.t().float())
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, K] fp32 -> (x * d) P."""
