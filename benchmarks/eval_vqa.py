@@ -52,11 +52,16 @@ def scene_for(model, model_dir: Path | None = None) -> SceneConfig:
 
 
 def load(model_dir: Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """(model, processor) saved by train_vqa_vlm.py, in eval mode on `device`."""
+    """(model, processor) saved by train_vqa_vlm.py, or a quantized copy saved by modaq
+    (modaq.api.save_quantized / `modaq quantize`, kept in its saved dtype), in eval mode on `device`."""
+    from modaq import api
+
     if not (Path(model_dir) / "config.json").is_file():
         raise ValueError(f"model_dir: {model_dir} has no config.json (train it with "
                          "benchmarks/train_vqa_vlm.py)")
     processor = transformers.AutoProcessor.from_pretrained(model_dir)
+    if (Path(model_dir) / api.CONFIG_NAME).is_file():
+        return api.load_quantized(model_dir, device).eval(), processor
     model = transformers.LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=dtype)
     return model.to(device).eval(), processor
 

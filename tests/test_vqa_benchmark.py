@@ -464,3 +464,26 @@ def test_rotation_ablation_assembles_variants_from_partials(tmp_path):
         ("quarot", "multimodal", 0.9), ("quarot", "weighted (MBQ gradients: MBQ(Rot))", 0.97)]
     table = (tmp_path / "vqa_rotation_ablation_t.md").read_text()
     assert "| flatquant | text-only |" in table and "| -20.0 |" in table
+
+
+@pytest.mark.skipif(not (CHECKPOINT / "config.json").is_file(), reason="no committed vqa-cpu checkpoint")
+def test_quantized_checkpoint_saves_loads_and_answers_the_same(tmp_path, one_thread):
+    """Quantize the trained model, save it with modaq, load it back through eval_vqa.load: the
+    same greedy answers as the in-memory quantized model (the user's quantize -> save -> evaluate)."""
+    from benchmarks.eval_vqa import load, scene_for
+    from benchmarks.vqa.evaluate import evaluate
+    from benchmarks.vqa_quant_accuracy import dialogue_samples
+    from modaq import api
+    from modaq.calib import QuantConfig
+
+    model, processor = load(CHECKPOINT)
+    scene = scene_for(model, CHECKPOINT)
+    calib = dialogue_samples(processor, model, "train", 4, 0, scene)
+    quantized = api.quantize(model, processor, QuantConfig(method="rtn", format="w4a4", samples=4, device="cpu",
+                                                           progress=False), calib)
+    test = generate_samples("test", 40, 7, scene)
+    before = evaluate(quantized, processor, test)["predictions"]
+    api.save_quantized(quantized, tmp_path / "q", processor)
+    loaded, loaded_processor = load(tmp_path / "q")
+    assert sum(isinstance(m, torch.nn.Linear) for m in loaded.modules()) <= 1  # only lm_head stays FP
+    assert evaluate(loaded, loaded_processor, test)["predictions"] == before
