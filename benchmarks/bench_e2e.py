@@ -58,6 +58,7 @@ RESULTS = pathlib.Path(__file__).parent / "results"
 FULL = dict(prefill=(512, 1024, 4096), batches=(1, 8), context=1024, steps=16, replays=10, target_prefill=1024)
 TINY = dict(prefill=(8, 16, 32), batches=(1, 2), context=8, steps=2, replays=2, target_prefill=16)
 QUAROT_ONLINE = ("o_proj", "down_proj")
+NO_LINEAR = "no_linear"  # decoder "format" of the floor diagnostic: Linears replaced by zeros
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,10 @@ class Plan:
     rotation_layers: tuple[str, ...] | None = None
     llm: bool = True  # time LLM prefill + decode (else the decoder is built with one layer)
     vit: bool = False  # time the vision stage
-    decode_only: bool = False  # of the LLM stages, time decode only
+
+    @property
+    def decode_only(self) -> bool:  # the no-Linear floor is a decode diagnostic
+        return self.decoder == NO_LINEAR
 
 
 # in the order of the targets: decode W3A16, prefill W4A8, ViT W8A8 / W4A8, weights W4A16, then
@@ -80,8 +84,7 @@ PLANS = (Plan("fp16", vit=True), Plan("w3a16", decoder="w3a16"), Plan("w4a8", de
          Plan("w4a16", decoder="w4a16"), Plan("w4a4_rot", decoder="w4a4", rotation_layers=QUAROT_ONLINE),
          # diagnostic: the decoder's Linears replaced by NoLinear (zeros, no weights read): what decode
          # costs without any Linear work, the floor every weight format's decode time sits above
-         Plan("no_linear", decoder="no_linear", decode_only=True))
-NO_LINEAR = "no_linear"
+         Plan("no_linear", decoder=NO_LINEAR))
 
 
 def plan_name(plan: Plan) -> str:

@@ -23,7 +23,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import vqa_quant_accuracy as accuracy_bench  # noqa: E402
-from benchmarks.vqa.quant_table import COMPATIBLE_KEYS, TASKS, read_partial, with_delta  # noqa: E402
+from benchmarks.vqa.quant_table import (COMPATIBLE_KEYS, TASKS, _pct, _sci, read_partial,  # noqa: E402
+                                        with_delta)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (method, variant, QuantConfig overrides); the method's default weighting is what QuantConfig's
@@ -67,15 +68,14 @@ def markdown(header: dict, fp_row: dict, rows: list[dict], setting: str) -> str:
              "errors of the decoder on text (L-txt) and vision (L-vis) tokens (text-only calibration has none).", "",
              "| method | decoder calibration | " + " | ".join(TASKS) + " | all | delta | KL text | L-txt err | L-vis err |",
              "|---" * (len(TASKS) + 7) + "|"]
-    fp = [f"{100 * fp_row['per_task'][t]['accuracy']:.1f}" for t in (*TASKS, "all")]
+    fp = [_pct(fp_row["per_task"][t]["accuracy"]) for t in (*TASKS, "all")]
     lines.append("| fp | - | " + " | ".join(fp) + " | - | - | - | - |")
     for r in rows:
-        cells = [f"{100 * r['per_task'][t]['accuracy']:.1f}" for t in (*TASKS, "all")]
+        cells = [_pct(r["per_task"][t]["accuracy"]) for t in (*TASKS, "all")]
         err = r.get("errors") or {}
-        fmt = lambda v: "-" if v is None else f"{v:.2e}"  # noqa: E731
         lines.append(f"| {r['method']} | {r['variant']} | " + " | ".join(cells) +
-                     f" | {100 * r['delta_vs_fp']:+.1f} | {r['kl_text']:.2e} | {fmt(err.get('language_text'))} | "
-                     f"{fmt(err.get('language_vision'))} |")
+                     f" | {100 * r['delta_vs_fp']:+.1f} | {_sci(r['kl_text'])} | {_sci(err.get('language_text'))} | "
+                     f"{_sci(err.get('language_vision'))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -70,8 +70,7 @@ def run_demo(family: str = "qwen2_vl", methods: list[str] | None = None, fmt: st
         print_fn("KL vs RTN: " + ", ".join(f"{n} {r.kl_text / base:.2f}x" for n, r in results.items() if n != "rtn"))
     print_fn(f"total {time.perf_counter() - start:.1f} s")
     out = {n: r.to_dict() for n, r in results.items()}
-    root = vqa_checkout()
-    if vqa and root is not None:
+    if vqa and (root := vqa_checkout()) is not None:
         run_vqa_demo(root, methods, fmt, vision_format, device, print_fn)
     if json_path:
         with open(json_path, "w", encoding="utf-8") as f:

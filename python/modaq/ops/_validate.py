@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import formats
-
 ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -69,8 +67,3 @@ def positive_int(name: str, v) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
         raise ValueError(f"{name}: expected a positive int, got {v!r}")
     return v
-
-
-def clip_ratio(v) -> float:
-    """An activation clip ratio: a Python float in (0, 1] (formats.check_clip_ratio)."""
-    return formats.check_clip_ratio(v)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import formats
 from ..hadamard import hadamard_factors
 from . import _validate as v
 from . import reference
@@ -87,7 +88,7 @@ def quantize_act(x: torch.Tensor, bits: int = 8, smooth: torch.Tensor | None = N
         _check_hadamard(x, hadamard_signs)
     if kron_left is not None:
         _check_kron(x, kron_left, kron_right)
-    clip_ratio = v.clip_ratio(clip_ratio)
+    clip_ratio = formats.check_clip_ratio(clip_ratio)
     return _quantize_act(v.rows(x), bits, smooth, hadamard_signs, kron_left, kron_right, clip_ratio)
 
 
