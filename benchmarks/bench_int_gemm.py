@@ -33,6 +33,7 @@ MS = [1, 16, 1024, 4096, 16384]  # 256 measured by the tests' shapes only (devic
 QUANT_KS = [1152, 3584, 4096, 4304, 14336, 18944]
 QUANT_MS = [1024, 4096, 16384]
 L2_BYTES = 50 << 20
+GEMV_WARPS = (1, 2, 4, 8, 16)
 
 
 def time_graph(fn, n_sets: int, est_s: float, reps: int = 5) -> float:
@@ -102,6 +103,15 @@ def gemm_row(k: int, n: int, m: int) -> dict:
     record("w4a4_gemm", lambda i: ops.w4a4_gemm(xq4, xs4, w4s[i], s4), len(w4s))
     record("w4a8_layer", lambda i: ops.w4a8_gemm(*ops.quantize_act(x, 8), w4s[i], s4), len(w4s))
     record("w4a4_layer", lambda i: ops.w4a4_gemm(*ops.quantize_act(x, 4), w4s[i], s4), len(w4s))
+    if m <= 16:  # the decode GEMV against the Triton GEMM it replaces, and its warp split
+        from modaq.ops.fast_int_gemm import int_gemv
+        from modaq.triton_kernels.int_gemm import int_gemm
+        record("w4a8_triton", lambda i: int_gemm(xq8, xs8, w4s[i], s4, None, torch.float16, 8, 4), len(w4s))
+        record("w8a8_triton", lambda i: int_gemm(xq8, xs8, w8s[i], s8, None, torch.float16, 8, 8), len(w8s))
+        for wp in GEMV_WARPS:
+            record(f"w4a8_gemv_w{wp}", lambda i: int_gemv(8, 4, xq8, xs8, w4s[i], s4, None, torch.float16, wp),
+                   len(w4s))
+        row["weight_bytes"] = n * k // 2 + m * k + m * n * 2 + 4 * (m + n)
     if is_hadamard_size(k):
         signs = random_signs(k, 0, device=dev)
         record("w4a4_hadamard_layer",
@@ -143,6 +153,7 @@ def fmt(v, key):
 def markdown(res: dict) -> str:
     lines = [f"# int GEMM / quantize_act on {res['device']}", "",
              f"torch {res['torch']}, triton {res['triton']}, {res['date']}; medians of CUDA-graph replays.", "",
+             *[f"Note: {n}" for n in res.get("notes", [])], *([""] if res.get("notes") else []),
              "## GEMM (TOPS; `x` = speedup over FP16 F.linear in the same run)", "",
              "| K x N | M | fp16 | int_mm | fp8 | w8a8 (x) | w4a8 (x) | w4a4 (x) | w4a8 layer (x) | w4a4 layer (x) | w4a4+had layer (x) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -153,6 +164,26 @@ def markdown(res: dict) -> str:
         lines.append(f"| {r['K']}x{r['N']} | {r['M']} | " + " | ".join(
             fmt(r.get(n), "tops") for n in ("fp16_linear", "int_mm", "fp8_scaled_mm")) + " | " + " | ".join(
             sx(n) for n in ("w8a8_gemm", "w4a8_gemm", "w4a4_gemm", "w4a8_layer", "w4a4_layer", "w4a4_hadamard_layer")) + " |")
+    small = [r for r in res["gemm"] if "weight_bytes" in r]
+    if small:
+        lines += ["", "## M <= 16: the int4 GEMV (csrc/int_gemv.cu) vs the Triton GEMM tiles", "",
+                  "us; `%bw` = bytes moved (int4 weights + activations + output) / time / copy bandwidth; "
+                  "`x` = speedup over FP16 F.linear; warps = the fastest forced warps per CTA (auto picks its own).", "",
+                  "| K x N | M | fp16 | triton w4a8 | w4a8 (x, %bw) | w4a4 (x) | w4a8 layer (x) | best warps (us) "
+                  "| triton w8a8 | w8a8 (x) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in small:
+            def us(name):
+                v = r.get(name)
+                return v["us"] if isinstance(v, dict) and "us" in v else float("nan")
+            bw = r["weight_bytes"] / (us("w4a8_gemm") * 1e-6) / 1e9 / res["copy_gbps"]
+            best = min(GEMV_WARPS, key=lambda wp: us(f"w4a8_gemv_w{wp}"))
+            lines.append(f"| {r['K']}x{r['N']} | {r['M']} | {us('fp16_linear'):.1f} | {us('w4a8_triton'):.1f} | "
+                         f"{us('w4a8_gemm'):.1f} ({us('fp16_linear') / us('w4a8_gemm'):.2f}x, {100 * bw:.0f}%) | "
+                         f"{us('w4a4_gemm'):.1f} ({us('fp16_linear') / us('w4a4_gemm'):.2f}x) | "
+                         f"{us('w4a8_layer'):.1f} ({us('fp16_linear') / us('w4a8_layer'):.2f}x) | "
+                         f"{best} ({us(f'w4a8_gemv_w{best}'):.1f}) | {us('w8a8_triton'):.1f} | "
+                         f"{us('w8a8_gemm'):.1f} ({us('fp16_linear') / us('w8a8_gemm'):.2f}x) |")
     lines += ["", f"## quantize_act (int8 out), GB/s; copy bandwidth {res['copy_gbps']:.0f} GB/s", "",
               "| K | M | variant | us | GB/s | % of copy |", "|---|---|---|---|---|---|"]
     for r in res["quant"]:
@@ -177,10 +208,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer shapes / M (smoke run)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    ap.add_argument("--ms", type=lambda v: [int(m) for m in v.split(",")], default=MS,
-                    help="comma-separated M values of the GEMM table")
+    ap.add_argument("--ms", type=lambda v: [int(m) for m in v.split(",") if m], default=MS,
+                    help="comma-separated M values of the GEMM table ('' skips it)")
     ap.add_argument("--no-quant", action="store_true", help="skip the quantize_act table")
     ap.add_argument("--tag", default="", help="suffix of the result file names (partial re-runs)")
+    ap.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable)")
     args = ap.parse_args()
     import triton
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -188,7 +220,7 @@ def main():
     dev_name = torch.cuda.get_device_name()
     res = {"device": dev_name, "torch": torch.__version__, "triton": triton.__version__,
            "date": datetime.datetime.now().isoformat(timespec="seconds"), "backends": ops.backends(),
-           "copy_gbps": copy_bandwidth(), "gemm": [], "quant": []}
+           "copy_gbps": copy_bandwidth(), "gemm": [], "quant": [], "notes": args.note}
     print(f"{dev_name}: copy {res['copy_gbps']:.0f} GB/s", flush=True)
     for k in ([] if args.no_quant else QUANT_KS[:3] if args.quick else QUANT_KS):
         for m in QUANT_MS:

@@ -14,11 +14,11 @@ namespace modaq {
 void quantize_act(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t q, std::uintptr_t scale,
                   int64_t M, int64_t K, int bits, int dtype, int device, std::uintptr_t stream,
                   float clip_ratio);
-// --- fused online transform + quantization (csrc/quantize_act_transform.cu)
+// --- fused online transform + quantization (csrc/quantize_act_hadamard.cu, quantize_act_transform.cu)
 bool transform_fits(int n1, int n2, bool kron);
 void quantize_act_hadamard(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t signs,
-                           std::uintptr_t left, std::uintptr_t q, std::uintptr_t scale, int64_t M,
-                           int m, int p2, int bits, int dtype, int device, std::uintptr_t stream,
+                           std::uintptr_t left, std::uintptr_t core, std::uintptr_t q, std::uintptr_t scale,
+                           int64_t M, int m, int p2, int bits, int dtype, int device, std::uintptr_t stream,
                            float clip_ratio);
 void quantize_act_kron(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t left, std::uintptr_t right,
                        std::uintptr_t q, std::uintptr_t scale, int64_t M, int n1, int n2, int bits,
@@ -31,6 +31,10 @@ void weight_only_gemv(std::uintptr_t x, std::uintptr_t qweight, std::uintptr_t s
 void weight_only_dequant(std::uintptr_t qweight, std::uintptr_t scales, std::uintptr_t zeros, std::uintptr_t w,
                          int64_t N, int64_t K, int bits, int group_size, int dtype, int device,
                          std::uintptr_t stream);
+// --- integer GEMV for decode, W4A8 / W4A4 / W8A8, M <= 16 (csrc/int_gemv.cu)
+void int_gemv(std::uintptr_t x, std::uintptr_t x_scale, std::uintptr_t qweight, std::uintptr_t w_scale,
+              std::uintptr_t bias, int bias_dtype, std::uintptr_t y, int64_t M, int64_t N, int64_t K,
+              int a_bits, int w_bits, int out_dtype, int warps, int device, std::uintptr_t stream);
 }  // namespace modaq
 
 PYBIND11_MODULE(_C, m) {
@@ -44,9 +48,10 @@ PYBIND11_MODULE(_C, m) {
         "whether the fused transform kernel handles X_r [n1, n2] (kron: Kronecker, else Hadamard)",
         pybind11::arg("n1"), pybind11::arg("n2"), pybind11::arg("kron"));
   m.def("quantize_act_hadamard", &modaq::quantize_act_hadamard,
-        "randomized Hadamard (K = m * p) fused with per-token quantization; left: H_m^T A fragments",
+        "randomized Hadamard (K = m * p) fused with per-token quantization; left: H_m^T A fragments, "
+        "core: H_m^T fp32 [m, m]",
         pybind11::arg("x"), pybind11::arg("smooth"), pybind11::arg("signs"), pybind11::arg("left"),
-        pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("M"), pybind11::arg("m"),
+        pybind11::arg("core"), pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("M"), pybind11::arg("m"),
         pybind11::arg("p"), pybind11::arg("bits"), pybind11::arg("dtype"), pybind11::arg("device"),
         pybind11::arg("stream"), pybind11::arg("clip_ratio") = 1.0f);
   m.def("quantize_act_kron", &modaq::quantize_act_kron,
@@ -55,6 +60,12 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("M"), pybind11::arg("n1"),
         pybind11::arg("n2"), pybind11::arg("bits"), pybind11::arg("dtype"), pybind11::arg("device"),
         pybind11::arg("stream"), pybind11::arg("clip_ratio") = 1.0f);
+  m.def("int_gemv", &modaq::int_gemv,
+        "W4A8 / W4A4 / W8A8 GEMV (M <= 16, K % 16 == 0); warps: per CTA, 0 = auto",
+        pybind11::arg("x"), pybind11::arg("x_scale"), pybind11::arg("qweight"), pybind11::arg("w_scale"),
+        pybind11::arg("bias"), pybind11::arg("bias_dtype"), pybind11::arg("y"), pybind11::arg("M"),
+        pybind11::arg("N"), pybind11::arg("K"), pybind11::arg("a_bits"), pybind11::arg("w_bits"),
+        pybind11::arg("out_dtype"), pybind11::arg("warps"), pybind11::arg("device"), pybind11::arg("stream"));
   m.def("weight_only_gemv", &modaq::weight_only_gemv,
         "fused dequant GEMV, W3A16 / W4A16, M <= 16 (splits: K split over a cluster, 0 = auto; "
         "kernel: 0 = auto, 1 = shared-memory pipelined, 2 = register pipelined)",

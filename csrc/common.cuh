@@ -40,6 +40,22 @@ template <> __device__ __forceinline__ float from_float<float>(float v) { return
 
 enum DType : int { kHalf = 0, kBFloat16 = 1, kFloat = 2 };
 
+// bias[n] of a bias in fp16, bf16 or fp32 (dtype code) as fp32.
+__device__ __forceinline__ float load_bias(const void* bias, int dtype, int n) {
+  if (dtype == kHalf) return __half2float(static_cast<const __half*>(bias)[n]);
+  if (dtype == kBFloat16) return __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[n]);
+  return static_cast<const float*>(bias)[n];
+}
+
+// Streaming 16-byte load: read once, keep out of L1, fetch whole 256-byte L2 lines.
+__device__ __forceinline__ uint4 ld_stream(const void* p) {
+  uint4 r;
+  // volatile: keeps the prefetch where it is written, instead of sunk next to its use
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+
 // Calls f(T{}) with T the element type named by `dtype`.
 template <typename F>
 void dispatch_float(int dtype, F&& f) {

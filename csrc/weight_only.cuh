@@ -177,15 +177,6 @@ __device__ __forceinline__ void unit_words(const uint4 (&q)[Bits<BITS>::kVecs], 
   }
 }
 
-// Streaming 16-byte load: read once, keep out of L1, fetch whole 256-byte L2 lines.
-__device__ __forceinline__ uint4 ld_stream(const void* p) {
-  uint4 r;
-  // volatile: keeps the prefetch where it is written, instead of sunk next to its use
-  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-  return r;
-}
-
 __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
@@ -275,12 +266,6 @@ struct GemvArgs {
   int kt_per_split, splits;
   int bias_dtype;
 };
-
-__device__ __forceinline__ float load_bias(const void* bias, int dtype, int n) {
-  if (dtype == kHalf) return __half2float(static_cast<const __half*>(bias)[n]);
-  if (dtype == kBFloat16) return __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[n]);
-  return static_cast<const float*>(bias)[n];
-}
 
 // Launch `kernel` on `grid` with the K-split ranks of a row block in one thread-block cluster
 // (their partial sums meet in distributed shared memory); splits == 1 is a plain launch.

@@ -128,6 +128,45 @@ def test_gemm_out_dtypes_and_bias(name, m, out_dtype, monkeypatch):
     _check_gemm(name, m, 200, 640, out_dtype, True)
 
 
+_GEMV_SHAPES = [(1, 256, 512), (1, 1152, 4304), (3, 333, 1152), (8, 100, 208), (9, 64, 4096), (16, 520, 3584),
+                (16, 17, 16), (5, 40, 144), (12, 4304, 1152)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(GEMMS))
+@pytest.mark.parametrize("m,n,k", _GEMV_SHAPES)
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_int_gemv_is_bit_identical_to_reference(name, m, n, k, out_dtype):
+    """The decode GEMV (csrc/int_gemv.cu) does the reference's exact int32 sums and its fp32
+    epilogue in the same order, so every output bit matches, for every warp split (short last
+    blocks, rows past a 16-row tile, 8- and 16-token tiles, fp32 bias on fp16 out)."""
+    from modaq.ops import fast_int_gemm
+    ab, wb = GEMMS[name]
+    xq, xs, pw, ws, b = _problem(name, m, n, k, torch.float32, bias=out_dtype != torch.float16, seed=m + n)
+    args = [t.cuda() if t is not None else None for t in (xq, xs, pw, ws, b)]
+    assert fast_int_gemm.gemv_fits(args[0], args[2], k)
+    ref = getattr(R, name)(xq, xs, pw, ws, b, out_dtype)
+    for warps in (0, 1, 3, 16):
+        torch.full((64 << 20,), float("nan"), device="cuda")  # poison the allocator's free blocks
+        y = fast_int_gemm.int_gemv(ab, wb, *args, out_dtype, warps=warps).cpu()
+        assert y.dtype == out_dtype and torch.equal(y, ref), (warps, float((y.float() - ref.float()).abs().max()))
+
+
+@pytest.mark.gpu
+def test_int_gemv_runs_the_decode_ops():
+    """The int GEMM ops take the GEMV at M <= 16 and K % 16 == 0, the Triton GEMM otherwise."""
+    from modaq.ops import fast_int_gemm
+    xq = torch.zeros(16, 1152, dtype=torch.int8, device="cuda")
+    w = torch.zeros(8, 576, dtype=torch.uint8, device="cuda")
+    assert fast_int_gemm.gemv_fits(xq, w, 1152)
+    with pytest.raises(ValueError, match="K must be"):  # the binding checks what it is given
+        fast_int_gemm.int_gemv(8, 4, xq[:, :8], torch.ones(16, device="cuda"), w[:, :4],
+                               torch.ones(8, device="cuda"), None, torch.float16)
+    assert not fast_int_gemm.gemv_fits(torch.zeros(17, 1152, dtype=torch.int8, device="cuda"), w, 1152)
+    assert not fast_int_gemm.gemv_fits(xq[:, :1076], w, 1076)
+    assert not fast_int_gemm.gemv_fits(xq.view(-1)[8:8 + 16 * 1024].view(16, 1024), w, 1024)  # misaligned
+
+
 @pytest.mark.gpu
 def test_gemm_propagates_nan_scale():
     xq, xs, pw, ws, b = _problem("w4a8_gemm", 4, 64, 256, torch.float16)

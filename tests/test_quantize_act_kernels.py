@@ -157,6 +157,14 @@ def test_hadamard_model_sizes(dtype, k):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("k", [4096, 1152, 512])
+def test_hadamard_many_tokens_per_launch(k):
+    """Hundreds of tokens: many CTAs, several tokens per CTA and a partly filled last CTA."""
+    x = _inputs(301, k, torch.bfloat16, seed=k)
+    _compare(x, 4, {"hadamard_signs": random_signs(k, seed=2)}, exact=k != 1152, max_flip=1e-4)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("clip", [1.0, 0.65])
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("dtype", DTYPES)
