@@ -16,6 +16,11 @@
 // Why not the tensor-core kernel for these sizes: it splits Z into 3 bf16 terms and was ~10% of
 // copy bandwidth (H100 / H200, benchmarks/results/int_gemm_*.md): 1 CTA per SM from its
 // registers, generic predicated FWHT passes, and one warp per row for the absmax.
+// Measured on an H200 (hadamard_tokens_nvidia_h200.md, int_gemm_NVIDIA_H200.md): 8-32% of copy
+// bandwidth at M >= 1024 (K = 4096, M = 4096: 62.9 us, 176 us before).  What limits it (ncu):
+// the phases run one after another behind barriers with 16-24 warps per SM (issue rate ~0.6 per
+// scheduler), at ~90 instructions per value (index math, the shared-memory FWHT pass, the
+// quantizer); one token is one CTA, so at M = 1 a 14336-wide token takes 27 us on one SM.
 #include "quantize_act_transform.cuh"
 
 #include <cmath>
@@ -33,13 +38,13 @@ namespace {
 
 constexpr int kIlp = 4;                   // 16-byte chunks loaded per thread before their use
 constexpr int kMaxCore = 60;
-constexpr size_t kBufBudget = 88 * 1024;  // fp32 token buffer per CTA: two CTAs per SM
+constexpr size_t kBufBudget = 64 * 1024;  // fp32 token buffer per CTA: three CTAs per SM (cores <= 28)
 
 // Stage 1; returns the FWHT stages done (3 in registers + the lane stages).
 template <typename T>
 __device__ int load_fwht(const Params& p, float* buf) {
   const int K = p.n1 * p.n2, cpt = K >> 3, total = p.tokens * cpt;
-  const int lane = threadIdx.x & 31, row_chunks = p.n2 >> 3;
+  const int lane = threadIdx.x & 31, row_chunks = p.n2 >> 3, row_shift = __ffs(p.n2) - 1;  // n2 = 2^k
   int lane_bits = 0;
   while (lane_bits < 5 && (2 << lane_bits) <= row_chunks) ++lane_bits;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * p.tokens;
@@ -74,7 +79,7 @@ __device__ int load_fwht(const Params& p, float* buf) {
         for (int j = 0; j < 8; ++j) f[j] = fmaf(sign, f[j], __shfl_xor_sync(0xffffffffu, f[j], 1 << b));
       }
       if (in) {
-        const int r = k / p.n2, i = k - r * p.n2;
+        const int r = k >> row_shift, i = k & (p.n2 - 1);
         float4* dst = reinterpret_cast<float4*>(buf + (tok * p.n1 + r) * p.s + i);
         dst[0] = make_float4(f[0], f[1], f[2], f[3]);
         dst[1] = make_float4(f[4], f[5], f[6], f[7]);
@@ -115,7 +120,7 @@ __device__ void mix_columns(const Params& p, float* buf, const float* core_s) {
 
 // Stage 4: absmax (of value * final_scale) and NaN flag per token, every thread on 8-value chunks.
 __device__ void absmax_tokens(const Params& p, const float* buf, unsigned* amax_bits, int* nan_flag) {
-  const int cpt = (p.n1 * p.n2) >> 3;
+  const int cpt = (p.n1 * p.n2) >> 3, row_shift = __ffs(p.n2) - 1;  // n2 = 2^k
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * p.tokens;
   int cur = -1, nan = 0;
   float mx = 0.f;
@@ -133,7 +138,7 @@ __device__ void absmax_tokens(const Params& p, const float* buf, unsigned* amax_
       mx = 0.f;
       nan = 0;
     }
-    const int k = (c - tok * cpt) * 8, r = k / p.n2, i = k - r * p.n2;
+    const int k = (c - tok * cpt) * 8, r = k >> row_shift, i = k & (p.n2 - 1);
     const float4* src = reinterpret_cast<const float4*>(buf + (tok * p.n1 + r) * p.s + i);
     const float4 a = src[0], b = src[1];
     const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
@@ -148,7 +153,7 @@ __device__ void absmax_tokens(const Params& p, const float* buf, unsigned* amax_
 }
 
 template <typename T, int BITS, int MAXM>
-__global__ void __launch_bounds__(kThreads, 2) hadamard_quantize_kernel(Params p) {
+__global__ void __launch_bounds__(kThreads, MAXM > 28 ? 2 : 3) hadamard_quantize_kernel(Params p) {
   extern __shared__ float4 smem[];
   float* buf = reinterpret_cast<float*>(smem);
   __shared__ __align__(16) float core_s[MAXM > 1 ? MAXM * MAXM : 4];
@@ -193,7 +198,7 @@ bool aligned16(std::uintptr_t ptr) { return (ptr & 15) == 0; }
 void quantize_act_hadamard(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t signs,
                            std::uintptr_t left, std::uintptr_t core, std::uintptr_t q, std::uintptr_t scale,
                            int64_t M, int m, int p2, int bits, int dtype, int device, std::uintptr_t stream,
-                           float clip_ratio) {
+                           float clip_ratio, int tokens) {
   const bool fits = m <= kMaxCore && (m == 1 || m % 4 == 0) && p2 >= 8 && p2 % 8 == 0 &&
                     token_bytes(m, p2) <= kBufBudget && (m == 1 || core != 0) && aligned16(x) &&
                     aligned16(smooth) && aligned16(signs);
@@ -218,8 +223,16 @@ void quantize_act_hadamard(std::uintptr_t x, std::uintptr_t smooth, std::uintptr
   p.final_scale = m > 1 ? 1.f : inv_sqrt;
   p.clip = clip_ratio;
   p.vec = true;
-  int tokens = static_cast<int>(kBufBudget / token_bytes(m, p2));
-  tokens = tokens > kMaxTokens ? kMaxTokens : tokens;
+  if (tokens < 0 || tokens > kMaxTokens || token_bytes(m, p2) * tokens > kBufBudget)
+    throw std::invalid_argument("modaq._C.quantize_act_hadamard: tokens per CTA out of range");
+  if (tokens == 0) {
+    // about 8192 values per CTA (power of two tokens): measured best or within 2% on an H200
+    // (benchmarks/results/hadamard_tokens_nvidia_h200.json; e.g. K = 4096: 2 tokens 63 us,
+    // 3 tokens 69 us at M = 4096)
+    tokens = 1;
+    while (tokens * m * p2 < 8192 && tokens * 2 <= kMaxTokens && token_bytes(m, p2) * tokens * 2 <= kBufBudget)
+      tokens *= 2;
+  }
   p.tokens = M < tokens ? static_cast<int>(M) : tokens;
   cudaStream_t s = enter(device, stream);
   dispatch_float(dtype, [&](auto tag) {

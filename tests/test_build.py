@@ -35,3 +35,22 @@ def test_missing_nvcc_is_reported_not_fatal(tmp_path):
 def test_extension_imports_without_a_gpu():
     from modaq import _C
     assert hasattr(_C, "quantize_act")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="built only where nvcc exists")
+def test_extension_checks_its_arguments_before_touching_a_gpu():
+    """The raw-pointer entry points reject bad sizes with a ValueError naming the argument
+    (nothing reaches a kernel), also on a machine without a GPU."""
+    from modaq import _C
+    assert hasattr(_C, "int_gemv") and hasattr(_C, "quantize_act_hadamard")
+    gemv = dict(x=0, x_scale=0, qweight=0, w_scale=0, bias=0, bias_dtype=0, y=0, N=16, K=64, out_dtype=0,
+                warps=0, device=0, stream=0)
+    with pytest.raises(ValueError, match="M must be in 1..16"):
+        _C.int_gemv(M=17, a_bits=8, w_bits=4, **gemv)
+    with pytest.raises(ValueError, match="a_bits, w_bits"):
+        _C.int_gemv(M=1, a_bits=4, w_bits=8, **gemv)
+    with pytest.raises(ValueError, match="K must be"):
+        _C.int_gemv(M=1, a_bits=8, w_bits=4, **{**gemv, "K": 24})
+    with pytest.raises(ValueError, match="tokens per CTA"):
+        _C.quantize_act_hadamard(0, 0, 0, 0, 0, 0, 0, M=4, m=1, p=4096, bits=8, dtype=0, device=0, stream=0,
+                                 clip_ratio=1.0, tokens=9)
