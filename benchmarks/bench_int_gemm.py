@@ -166,7 +166,7 @@ def markdown(res: dict) -> str:
             sx(n) for n in ("w8a8_gemm", "w4a8_gemm", "w4a4_gemm", "w4a8_layer", "w4a4_layer", "w4a4_hadamard_layer")) + " |")
     small = [r for r in res["gemm"] if "weight_bytes" in r]
     if small:
-        lines += ["", "## M <= 16: the int4 GEMV (csrc/int_gemv.cu) vs the Triton GEMM tiles", "",
+        lines += ["", "## M <= 16: the integer GEMV (csrc/int_gemv.cu) vs the Triton GEMM tiles", "",
                   "us; `%bw` = bytes moved (int4 weights + activations + output) / time / copy bandwidth; "
                   "`x` = speedup over FP16 F.linear; warps = the fastest forced warps per CTA (auto picks its own).", "",
                   "| K x N | M | fp16 | triton w4a8 | w4a8 (x, %bw) | w4a4 (x) | w4a8 layer (x) | best warps (us) "
