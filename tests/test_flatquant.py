@@ -249,3 +249,106 @@ def test_a_diverged_training_raises_instead_of_deploying_nan(monkeypatch):
         train_block(_job(block, xs, masks, "w4a8", (1.0, 1.0)), TrainSettings(epochs=1))
     for n, p in block.named_parameters():
         torch.testing.assert_close(p.detach(), before[n])
+
+
+# ------------------------------------------------- o_proj's per-head factor merged into v_proj
+
+HEADS, HEAD_DIM, TOKENS = 4, 32, 48
+
+
+class ValueOut(nn.Module):
+    """Attention's value path with fixed attention weights: o_proj(A @ v_proj(x)), A mixing
+    tokens the same way in every head (what softmax(QK^T) does per head, linearly in V)."""
+
+    def __init__(self, gen, head_dim=HEAD_DIM):
+        super().__init__()
+        self.attn = nn.Module()
+        self.attn.head_dim = head_dim
+        self.attn.v_proj = nn.Linear(K, HEADS * HEAD_DIM)
+        self.attn.o_proj = nn.Linear(HEADS * HEAD_DIM, N)
+        a = torch.tril(torch.rand(TOKENS, TOKENS, generator=gen))
+        self.register_buffer("mix", a / a.sum(-1, keepdim=True))
+        with torch.no_grad():
+            for lin in (self.attn.v_proj, self.attn.o_proj):
+                lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) / lin.in_features ** 0.5)
+                lin.bias.copy_(0.1 * torch.randn(lin.out_features, generator=gen))
+
+    def forward(self, x):
+        return self.attn.o_proj(self.mix @ self.attn.v_proj(x))
+
+
+def _value_out_job(block, xs, masks, fmt="w4a8"):
+    groups = [LinearGroup(("attn.v_proj",)), LinearGroup(("attn.o_proj",), "attn.v_proj", "linear")]
+    recs = {}
+    for g in groups:
+        name = g.linears[0]
+        recs[name] = InputRecord(block.get_submodule(name).in_features, quota=10_000, need_gram=False,
+                                 store_device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    handles = [block.get_submodule(n).register_forward_hook(r.hook) for n, r in recs.items()]
+    with torch.no_grad():
+        targets = []
+        for x, m in zip(xs, masks):
+            for r in recs.values():
+                r.vision_mask = m
+            targets.append(block(x))
+    for h in handles:
+        h.remove()
+    gjs = [GroupJob(g, {g.linears[0]: block.get_submodule(g.linears[0])}, recs[g.linears[0]],
+                    {g.linears[0]: (1.0, 1.0)}) for g in groups]
+    data = BlockData(lambda b, i, dtype=None: b(xs[i]), targets, masks, (1.0, 1.0))
+    return BlockJob(block, formats.get_format(fmt), None, gjs, QuantConfig(progress=False), "block", data)
+
+
+def test_head_factor_merge_is_exact_in_fp():
+    """d and P2 of o_proj's transform moved into v_proj's rows (and bias) leave P1 (x) I online:
+    o_proj(A v'(x)) with the transformed weight equals the FP o_proj(A v(x))."""
+    gen = torch.Generator().manual_seed(7)
+    block = ValueOut(gen)
+    x = torch.randn(TOKENS, K, generator=gen)
+    t = KronTransform(HEADS * HEAD_DIM, 0.5 + torch.rand(HEADS * HEAD_DIM, generator=gen), seed=4,
+                      factors=(HEADS, HEAD_DIM))
+    v, o = block.attn.v_proj, block.attn.o_proj
+    with torch.no_grad():
+        ref = block(x)
+        v_out = x @ t.merge_rows(v.weight).t() + t.merge_bias(v.bias)
+        y = t.act_left(block.mix @ v_out) @ t.weight(o.weight).t() + o.bias
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_training_merges_o_proj_head_factor_into_v_proj():
+    """With v_proj as o_proj's producer (no GQA) the trained o_proj transform is per head, only
+    P1 (x) I stays online, v_proj's weight and bias carry d and P2, and the deployed modules
+    reproduce the training loss (training saw the merged form)."""
+    gen = torch.Generator().manual_seed(3)
+    block = ValueOut(gen)
+    xs = [torch.randn(TOKENS, K, generator=gen) * (1 + 20 * (torch.arange(K) < 4)) for _ in range(4)]
+    masks = [torch.zeros(TOKENS, dtype=torch.bool) for _ in xs]
+    job = _value_out_job(block, xs, masks)
+    plans, losses = train_block(job, TrainSettings(epochs=6))
+    assert losses.final < losses.identity, vars(losses)
+    rot = plans["attn.o_proj"].rotation
+    assert rot.left.shape == (HEADS, HEADS) and torch.equal(rot.right, torch.eye(HEAD_DIM))
+    assert plans["attn.o_proj"].input_scale is not None  # d folded into v_proj's rows
+    for name in ("attn.v_proj", "attn.o_proj"):
+        plan, lin = plans[name], block.get_submodule(name)
+        mod = QUANT_LINEARS["w4a8"].from_quantized(plan.weight, lin.bias, smooth=plan.smooth, rotation=plan.rotation,
+                                                   dtype=torch.float32, act_clip_ratio=plan.act_clip_ratio)
+        setattr(block.attn, name.split(".")[1], mod)
+    with torch.no_grad():
+        loss = sum(float((block(x) - y).square().sum()) for x, y in zip(xs, job.data.targets))
+    assert loss == pytest.approx(losses.final, rel=1e-2)
+
+
+def test_no_head_merge_without_an_attention_producer():
+    """The merge needs v_proj of the same attention module as producer, with a head_dim: an
+    MLP's up -> down pair (SiLU(gate) * up is not linear per block) or a GQA o_proj (no producer)
+    keeps its full P1 (x) P2 online."""
+    from modaq.calib.rotation.train import head_merges
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(TOKENS, K, generator=gen)]
+    masks = [torch.zeros(TOKENS, dtype=torch.bool)]
+    assert head_merges(_value_out_job(ValueOut(gen), xs, masks)) == {1: ("attn.v_proj", HEAD_DIM)}
+    assert head_merges(_value_out_job(ValueOut(gen, head_dim=None), xs, masks)) == {}
+    job = _value_out_job(ValueOut(gen), xs, masks)
+    job.groups[1].group = LinearGroup(("attn.o_proj",))  # as the adapter builds it under GQA
+    assert head_merges(job) == {}

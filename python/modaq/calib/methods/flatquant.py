@@ -10,9 +10,11 @@ modality='scale_ratio', the default, and plain MSE in the vision tower), then
 deployed: scales folded into the norm / previous Linear where possible, P1 (x) P2 online
 (Rotation.kron, fused into quantize_act), weights Q(clip(W diag(s) P^{-T})) with Q = RTN
 (FlatQuant's default) or GPTQ (rotation_weights='gptq'), activations clipped to the learned
-ratio of their per-token absmax (the module's act_clip_ratio).  Not merged: P itself (no norm or
-Linear can absorb a dense transform of the next Linear's input; for o_proj the per-head factor
-could go into v_proj, which only pays off with a quantized KV cache).
+ratio of their per-token absmax (the module's act_clip_ratio).  o_proj's transform is per head
+where v_proj is its producer (no grouped-query attention): its head_dim factor and scale merge
+into v_proj's rows and only the head factor P1 (x) I stays online (calib/rotation/train.py).
+Otherwise P stays online whole: no norm or Linear can absorb a dense transform of the next
+Linear's input.
 """
 from __future__ import annotations
 

@@ -18,6 +18,13 @@ weight or previous Linear's rows) where it has one and stays in the module's `sm
 otherwise; P = P1 (x) P2 stays online (Rotation.kron, the fused Kronecker quantize kernel); the
 weight is Q(clip(W diag(s) P^{-T})) computed in fp64 (Q: RTN as FlatQuant, or GPTQ); the
 learned activation clip ratio becomes the module's act_clip_ratio (quantize_act's clip_ratio).
+
+o_proj's transform is factored per head, P1 (x) P2 with P2 of size head_dim, when v_proj is its
+producer (no grouped-query attention: the adapter gives o_proj a producer only then): P2 and d
+merge into v_proj's rows (FlatQuant's merge; attention mixes tokens, never the channels of a
+head), so only P1 (x) I stays online.  Training already sees that form: v_proj's fake-quantized
+weight carries d and P2, o_proj's input gets P1 alone.  With GQA, d cannot fold into v_proj (a
+KV head serves several query heads with different d), so neither can P2.
 """
 from __future__ import annotations
 
@@ -27,12 +34,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...nn import prepare_weight
+from ...nn import Rotation, prepare_weight
 from ..methods.base import BlockJob, LinearPlan
 from ..methods.common import quantize_weight, token_error
 from ..methods.equalize import fold_scale
 from ..methods.gptq import gptq_quantize
-from .transforms import FlatLinear, KronTransform, cached_weights, smoothquant_init
+from .transforms import FlatLinear, KronTransform, cached_weights, merge_head_factor, smoothquant_init
 
 
 @dataclass(frozen=True)
@@ -73,12 +80,34 @@ def _swap(block: nn.Module, name: str, module: nn.Module) -> None:
     setattr(block.get_submodule(parent) if parent else block, child, module)
 
 
+def head_merges(job: BlockJob) -> dict[int, tuple[str, int]]:
+    """{group index: (v_proj name, head_dim)} for the o_proj groups whose per-head factor merges
+    into v_proj (module docstring): the producer is a quantized Linear of the same attention
+    module, which has a head_dim, and the group reads heads * head_dim channels."""
+    members = {name for gj in job.groups for name in gj.linears}
+    out = {}
+    for gi, gj in enumerate(job.groups):
+        g = gj.group
+        if g.producer_kind != "linear" or g.producer not in members:
+            continue
+        attn = g.producer.rpartition(".")[0]
+        head_dim = getattr(job.block.get_submodule(attn), "head_dim", None) if attn else None
+        k = next(iter(gj.linears.values())).in_features
+        if (isinstance(head_dim, int) and 1 < head_dim < k and k % head_dim == 0
+                and all(n.rpartition(".")[0] == attn for n in gj.linears)):
+            out[gi] = (g.producer, head_dim)
+    return out
+
+
 def _transforms(job: BlockJob, settings: TrainSettings, identity: bool) -> list[KronTransform]:
+    merges = head_merges(job)
     out = []
     for gi, gj in enumerate(job.groups):
         w = torch.cat([lin.weight.detach().float() for lin in gj.linears.values()])
         scale = smoothquant_init(w.abs().amax(0), gj.record.abs_max.float().to(w.device), settings.diag_alpha)
-        out.append(KronTransform(w.shape[1], scale, seed=settings.seed + 2 * gi, identity=identity).to(w.device))
+        factors = (w.shape[1] // merges[gi][1], merges[gi][1]) if gi in merges else None
+        out.append(KronTransform(w.shape[1], scale, seed=settings.seed + 2 * gi, identity=identity,
+                                 factors=factors).to(w.device))
     return out
 
 
@@ -162,10 +191,13 @@ def train_block(job: BlockJob, settings: TrainSettings) -> tuple[dict[str, Linea
 
 
 def _install(job: BlockJob, transforms: list[KronTransform], settings: TrainSettings) -> dict[str, FlatLinear]:
+    merges = head_merges(job)
+    out_merge = {v: transforms[gi] for gi, (v, _) in merges.items()}
     wrappers = {}
-    for gj, t in zip(job.groups, transforms):
+    for gi, (gj, t) in enumerate(zip(job.groups, transforms)):
         for name, lin in gj.linears.items():
-            wrappers[name] = FlatLinear(lin, t, job.fmt, settings.weight_clip, settings.act_clip)
+            wrappers[name] = FlatLinear(lin, t, job.fmt, settings.weight_clip, settings.act_clip,
+                                        out_merge=out_merge.get(name), merged_input=gi in merges)
             _swap(job.block, name, wrappers[name])
     return wrappers
 
@@ -202,8 +234,16 @@ def _deploy(job: BlockJob, transforms: list[KronTransform], wrappers: dict[str, 
     deployed = [t.deployed() for t in transforms]
     folded = [fold_scale(job.block, gj, s.to(next(iter(gj.linears.values())).weight.device))
               for gj, (s, _) in zip(job.groups, deployed)]
+    online = [rot for _, rot in deployed]  # the transform each module applies at run time
+    for gi, (v_name, _) in head_merges(job).items():  # d is in v_proj's rows already (folded)
+        v, rot = job.block.get_submodule(v_name), deployed[gi][1]
+        right = rot.right.to(v.weight.device, torch.float64)
+        v.weight.copy_(merge_head_factor(v.weight.double(), right).to(v.weight.dtype))
+        if v.bias is not None:
+            v.bias.copy_((v.bias.double().reshape(-1, right.shape[0]) @ right).reshape(-1).to(v.bias.dtype))
+        online[gi] = Rotation.kron(rot.left, torch.eye(rot.right.shape[0]))
     plans = {}
-    for gj, (s, rot), is_folded in zip(job.groups, deployed, folded):
+    for gj, (s, rot), is_folded, online_rot in zip(job.groups, deployed, folded, online):
         for name, lin in gj.linears.items():
             w = prepare_weight(lin.weight, None if is_folded else s.to(lin.weight.device), rot)
             w = wrappers[name].clip_weight(w.to(next(wrappers[name].parameters()).device)).to(lin.weight.device)
@@ -213,5 +253,5 @@ def _deploy(job: BlockJob, transforms: list[KronTransform], wrappers: dict[str, 
             else:
                 qw = quantize_weight(w, job.fmt, job.group_size)
             plans[name] = LinearPlan(qw, smooth=None if is_folded else s, input_scale=s if is_folded else None,
-                                     rotation=rot, act_clip_ratio=wrappers[name].act_clip_ratio())
+                                     rotation=online_rot, act_clip_ratio=wrappers[name].act_clip_ratio())
     return plans

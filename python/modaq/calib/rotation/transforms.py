@@ -62,9 +62,12 @@ class KronTransform(nn.Module):
 
     identity=True starts (and, if not trained, stays) at P = I, d = 1: plain RTN."""
 
-    def __init__(self, k: int, scale: torch.Tensor | None = None, seed: int = 0, identity: bool = False):
+    def __init__(self, k: int, scale: torch.Tensor | None = None, seed: int = 0, identity: bool = False,
+                 factors: tuple[int, int] | None = None):
         super().__init__()
-        n1, n2 = kron_factors(k)
+        n1, n2 = factors or kron_factors(k)
+        if n1 * n2 != k:
+            raise ValueError(f"factors: {n1} x {n2} does not equal k = {k}")
         self.k = k
         if identity:
             left, right = torch.eye(n1), torch.eye(n2)
@@ -88,6 +91,22 @@ class KronTransform(nn.Module):
         """x [T, K] fp32 -> (x * d) P."""
         return kron_rows(x * self.scale, self.left, self.right)
 
+    def act_left(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, K] fp32 -> x (P1 (x) I): the online part once d and P2 are merged into the producer."""
+        return kron_rows(x, self.left, torch.eye(self.right.shape[0], device=x.device, dtype=x.dtype))
+
+    # The producer of this transform's input with d and P2 folded into its output rows:
+    # y -> (y * d) (I (x) P2), i.e. W -> blockdiag(P2^T) diag(d) W and b -> (b * d) (I (x) P2).
+    # Valid where the producer's output reaches the input through a map that is linear and the
+    # same for every P2-sized block: attention's value path with heads as blocks, without GQA.
+    def merge_rows(self, w: torch.Tensor) -> torch.Tensor:
+        """W [K, C] (K = this transform's size) -> blockdiag(P2^T) diag(d) W."""
+        return merge_head_factor(w * self.scale[:, None].to(w.dtype), self.right.to(w.dtype))
+
+    def merge_bias(self, b: torch.Tensor) -> torch.Tensor:
+        """b [K] -> (b * d) (I (x) P2)."""
+        return ((b * self.scale.to(b.dtype)).reshape(-1, self.right.shape[0]) @ self.right.to(b.dtype)).reshape(-1)
+
     def weight(self, w: torch.Tensor) -> torch.Tensor:
         """W [N, K] fp32 -> (W / d) P^{-T}; the inverses in fp64 (differentiable)."""
         return kron_rows(w / self.scale, *self.inverses_t())
@@ -97,6 +116,13 @@ class KronTransform(nn.Module):
         """(smooth s = 1 / d, Rotation.kron(P1, P2)) for the quantized module."""
         return (1.0 / self.scale).detach().float().clone(), Rotation.kron(self.left.detach().float().clone(),
                                                                            self.right.detach().float().clone())
+
+
+def merge_head_factor(w: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Rows of W [K, C] in blocks of n2 = right's size, each block B -> right^T B: the producer
+    weight whose output row vectors come out multiplied by right, block by block."""
+    n2 = right.shape[0]
+    return torch.einsum("ji,hjk->hik", right, w.reshape(-1, n2, w.shape[1])).reshape(w.shape)
 
 
 class WeightClip(nn.Module):
@@ -136,11 +162,14 @@ class FlatLinear(nn.Module):
     clipping if `clip`, the activation clip ratio r if `act_clip`, else r = 1)."""
 
     def __init__(self, linear: nn.Linear, transform: KronTransform, fmt: formats.QuantFormat, clip: bool,
-                 act_clip: bool = False):
+                 act_clip: bool = False, out_merge: KronTransform | None = None, merged_input: bool = False):
         super().__init__()
         if fmt.weight_only or not fmt.weight_symmetric:
             raise ValueError(f"fmt: FlatLinear needs a weight-activation format, got {fmt.name}")
         self.linear, self.transform, self.fmt = linear, transform, fmt
+        # v_proj of a merged pair: its rows carry o_proj's d and P2 (KronTransform.merge_rows);
+        # o_proj of that pair: its input arrives with them, so only P1 acts online
+        self.out_merge, self.merged_input = out_merge, merged_input
         self.clip = WeightClip(linear.out_features).to(linear.weight.device) if clip else None
         self.act_clip = ActClip().to(linear.weight.device) if act_clip else None
         self._weight = None  # the fake-quantized weight while cached_weights is active
@@ -150,17 +179,21 @@ class FlatLinear(nn.Module):
         if self._weight is not None:
             return self._weight
         w = self.transform.weight(self.linear.weight.float())
+        if self.out_merge is not None:
+            w = self.out_merge.merge_rows(w)
         if self.clip is not None:
             w = self.clip(w)
         return fake_quant_rows(w, self.fmt.weight_bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        xt = self.transform.act(x.reshape(-1, shape[-1]).float())
+        x2 = x.reshape(-1, shape[-1]).float()
+        xt = self.transform.act_left(x2) if self.merged_input else self.transform.act(x2)
         xq = fake_quant_rows(xt, self.fmt.act_bits, None if self.act_clip is None else self.act_clip())
         y = xq @ self.quantized_weight().t()
         if self.linear.bias is not None:
-            y = y + self.linear.bias.float()
+            b = self.linear.bias.float()
+            y = y + (b if self.out_merge is None else self.out_merge.merge_bias(b))
         return y.reshape(*shape[:-1], -1).to(x.dtype)
 
     @torch.no_grad()
