@@ -241,7 +241,7 @@ def _deploy(job: BlockJob, transforms: list[KronTransform], wrappers: dict[str, 
         v.weight.copy_(merge_head_factor(v.weight.double(), right).to(v.weight.dtype))
         if v.bias is not None:
             v.bias.copy_((v.bias.double().reshape(-1, right.shape[0]) @ right).reshape(-1).to(v.bias.dtype))
-        online[gi] = Rotation.kron(rot.left, torch.eye(rot.right.shape[0]))
+        online[gi] = Rotation.kron(rot.left, torch.eye(rot.right.shape[0], device=rot.right.device))
     plans = {}
     for gj, (s, rot), is_folded, online_rot in zip(job.groups, deployed, folded, online):
         for name, lin in gj.linears.items():
