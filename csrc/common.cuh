@@ -40,6 +40,26 @@ template <> __device__ __forceinline__ float from_float<float>(float v) { return
 
 enum DType : int { kHalf = 0, kBFloat16 = 1, kFloat = 2 };
 
+// Device attributes the launchers size their grids by, queried once per device.
+struct DeviceInfo {
+  int sms = 0;
+  int major = 0;
+  int smem_optin = 0;  // max dynamic shared memory per CTA
+};
+
+inline DeviceInfo device_info(int device) {
+  static DeviceInfo cache[64];
+  if (device < 0 || device >= 64) throw std::invalid_argument("modaq._C: device index out of range");
+  DeviceInfo& info = cache[device];
+  if (info.sms == 0) {  // benign race: every thread writes the same values
+    check_cuda(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, device), "device attribute");
+    check_cuda(cudaDeviceGetAttribute(&info.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+               "device attribute");
+    check_cuda(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, device), "device attribute");
+  }
+  return info;
+}
+
 // bias[n] of a bias in fp16, bf16 or fp32 (dtype code) as fp32.
 __device__ __forceinline__ float load_bias(const void* bias, int dtype, int n) {
   if (dtype == kHalf) return __half2float(static_cast<const __half*>(bias)[n]);

@@ -291,17 +291,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32) int_gemv_kernel(const IntGemvA
   }
 }
 
-int sm_count(int device) {
-  static int cached[64] = {};
-  if (device < 0 || device >= 64) return 132;
-  if (cached[device] == 0) {
-    int v = 0;
-    check_cuda(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-    cached[device] = v;
-  }
-  return cached[device];
-}
-
 // Warps per CTA (auto): the most (a power of two <= 16, <= the full blocks) for which the
 // N / 16 CTAs still fit on the GPU at once.  Measured on an H200 (int_gemm_*.md): one wave of
 // CTAs with as many warps as fit splits K best; a second partial wave costs up to 1.4x.
@@ -314,7 +303,7 @@ int auto_warps(Kernel kernel, int (&resident)[kMaxWarps + 1], int n_tiles, int f
     if (resident[w] == 0) {
       check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident[w], kernel, w * 32, 0), "occupancy");
     }
-    if (static_cast<int64_t>(resident[w]) * sm_count(device) >= n_tiles) break;
+    if (static_cast<int64_t>(resident[w]) * device_info(device).sms >= n_tiles) break;
   }
   return w;
 }

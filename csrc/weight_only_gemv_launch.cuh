@@ -15,25 +15,6 @@ namespace woq {
 constexpr int kStages = 5;  // ring slots per warp: 4 blocks (6 / 8 KB for W3 / W4) in flight
 constexpr int kAutoKernel = 0, kSmemKernel = 1, kRegsKernel = 2;  // the entry point's `kernel`
 
-struct DeviceInfo {
-  int sms = 0;
-  int major = 0;
-  int smem_optin = 0;  // max dynamic shared memory per CTA
-};
-
-inline DeviceInfo device_info(int device) {
-  static DeviceInfo cache[64];
-  if (device < 0 || device >= 64) throw std::invalid_argument("modaq._C: device index out of range");
-  DeviceInfo& info = cache[device];
-  if (info.sms == 0) {  // benign race: every thread writes the same values
-    check_cuda(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, device), "device attribute");
-    check_cuda(cudaDeviceGetAttribute(&info.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-               "device attribute");
-    check_cuda(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, device), "device attribute");
-  }
-  return info;
-}
-
 // K split (cluster size): the one closest to one CTA per SM.  Fitted to a sweep on an H100
 // (W3, M = 1; benchmarks/results/weight_only_*.md): the fewest splits that fill the SMs won,
 // e.g. 3584 x 18944 (296 CTAs unsplit): 1 -> 18.7 us, 8 -> 24.9 us; 14336 x 4096 (64 CTAs):

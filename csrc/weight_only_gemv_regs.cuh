@@ -198,22 +198,6 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 3) weight_only_gemv_ke
   }
 }
 
-struct DeviceInfo {
-  int sms = 0;
-  int major = 0;
-};
-
-inline DeviceInfo device_info(int device) {
-  static DeviceInfo cache[64];
-  if (device < 0 || device >= 64) throw std::invalid_argument("modaq._C: device index out of range");
-  DeviceInfo& info = cache[device];
-  if (info.sms == 0) {  // benign race: every thread writes the same values
-    check_cuda(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, device), "device attribute");
-    check_cuda(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, device), "device attribute");
-  }
-  return info;
-}
-
 // Split K over a cluster until ~8 warps stream per SM, each CTA keeping >= 2 blocks of K,
 // without exceeding one wave of resident CTAs.
 inline int auto_splits(int row_blocks, int k_tiles, int sms, int ctas_per_sm) {

@@ -240,7 +240,7 @@ def _deploy(job: BlockJob, transforms: list[KronTransform], wrappers: dict[str, 
         right = rot.right.to(v.weight.device, torch.float64)
         v.weight.copy_(merge_head_factor(v.weight.double(), right).to(v.weight.dtype))
         if v.bias is not None:
-            v.bias.copy_((v.bias.double().reshape(-1, right.shape[0]) @ right).reshape(-1).to(v.bias.dtype))
+            v.bias.copy_(merge_head_factor(v.bias.double()[:, None], right)[:, 0].to(v.bias.dtype))
         online[gi] = Rotation.kron(rot.left, torch.eye(rot.right.shape[0], device=rot.right.device))
     plans = {}
     for gj, (s, rot), is_folded, online_rot in zip(job.groups, deployed, folded, online):

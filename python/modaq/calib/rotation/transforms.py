@@ -93,7 +93,7 @@ class KronTransform(nn.Module):
 
     def act_left(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, K] fp32 -> x (P1 (x) I): the online part once d and P2 are merged into the producer."""
-        return kron_rows(x, self.left, torch.eye(self.right.shape[0], device=x.device, dtype=x.dtype))
+        return kron_rows(x, self.left, None)
 
     # The producer of this transform's input with d and P2 folded into its output rows:
     # y -> (y * d) (I (x) P2), i.e. W -> blockdiag(P2^T) diag(d) W and b -> (b * d) (I (x) P2).
@@ -105,7 +105,7 @@ class KronTransform(nn.Module):
 
     def merge_bias(self, b: torch.Tensor) -> torch.Tensor:
         """b [K] -> (b * d) (I (x) P2)."""
-        return ((b * self.scale.to(b.dtype)).reshape(-1, self.right.shape[0]) @ self.right.to(b.dtype)).reshape(-1)
+        return self.merge_rows(b[:, None])[:, 0]
 
     def weight(self, w: torch.Tensor) -> torch.Tensor:
         """W [N, K] fp32 -> (W / d) P^{-T}; the inverses in fp64 (differentiable)."""
