@@ -5,10 +5,12 @@
 // Each token x (a row of K = n1 * n2 values) is viewed as X_r [n1, n2] (row-major) and
 // transformed to Y_r = L^T (X_r R):
 //   Hadamard  (x * signs) @ H_K / sqrt(K), H_K = H_m (x) S_p  (modaq.hadamard): n1 = m, n2 = p.
-//             X_r S_p is a fast Walsh-Hadamard transform of each row, done on the CUDA cores
-//             with the reference's butterfly order (bit-identical fp32); L = H_m (+-1, exact
-//             in bf16) multiplies on the tensor cores against the 3-term bf16 split of the
-//             FWHT output (fp32-accurate); the result times 1 / sqrt(K) as in the reference.
+//             Only the sizes quantize_act_hadamard.cu's register kernel does not take (core
+//             m > 60, p < 8, a token over its shared-memory budget, inputs not 16-byte aligned)
+//             come here.  X_r S_p is a fast Walsh-Hadamard transform of each row, done on the
+//             CUDA cores with the reference's butterfly order (bit-identical fp32); L = H_m
+//             (+-1, exact in bf16) multiplies on the tensor cores against the 3-term bf16 split
+//             of the FWHT output (fp32-accurate); the result times 1 / sqrt(K) as in the reference.
 //   Kronecker x @ (P1 (x) P2) = P1^T X_r P2: both products on the tensor cores, both operands
 //             split into 3 bf16 terms (six term pairs per product: ~2^-24 relative error).
 // then per-token quantization exactly as quantize_act.cu (scale = clip * absmax / qmax with the
