@@ -19,6 +19,7 @@ import argparse
 import datetime
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -26,6 +27,9 @@ import torch.nn.functional as F
 
 from modaq import formats, ops
 from modaq.hadamard import is_hadamard_size, kron_factors, random_signs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.bandwidth import copy_bandwidth_gbps  # noqa: E402
 
 SHAPES = [(3584, 3584), (3584, 4608), (3584, 18944), (18944, 3584), (4096, 4096), (4096, 14336),
           (14336, 4096), (1152, 4304), (4304, 1152)]
@@ -123,13 +127,6 @@ def gemm_row(k: int, n: int, m: int) -> dict:
     return row
 
 
-def copy_bandwidth() -> float:
-    src = torch.randn(256 << 20, device="cuda")  # 1 GiB
-    dst = torch.empty_like(src)
-    t = time_graph(lambda i: dst.copy_(src), 1, 1e-3)
-    return 2 * src.numel() * 4 / t / 1e9
-
-
 def quant_row(k: int, m: int) -> dict:
     x = torch.randn(m, k, dtype=torch.float16, device="cuda")
     nbytes = m * k * 2 + m * k + m * 4  # read fp16, write int8 + scale
@@ -220,7 +217,7 @@ def main():
     dev_name = torch.cuda.get_device_name()
     res = {"device": dev_name, "torch": torch.__version__, "triton": triton.__version__,
            "date": datetime.datetime.now().isoformat(timespec="seconds"), "backends": ops.backends(),
-           "copy_gbps": copy_bandwidth(), "gemm": [], "quant": [], "notes": args.note}
+           "copy_gbps": copy_bandwidth_gbps(), "gemm": [], "quant": [], "notes": args.note}
     print(f"{dev_name}: copy {res['copy_gbps']:.0f} GB/s", flush=True)
     for k in ([] if args.no_quant else QUANT_KS[:3] if args.quick else QUANT_KS):
         for m in QUANT_MS:

@@ -25,6 +25,7 @@ import json
 import math
 import pathlib
 import statistics
+import sys
 import time
 
 import torch
@@ -32,6 +33,9 @@ import torch.nn.functional as F
 
 from modaq import formats, ops
 from modaq.ops import fast_weight_only as fwo
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from benchmarks.bandwidth import copy_bandwidth_gbps  # noqa: E402
 
 SHAPES = [(3584, 3584), (3584, 4608), (3584, 18944), (18944, 3584), (4096, 4096), (4096, 14336), (14336, 4096)]
 BIG_SHAPES = [(3584, 18944), (18944, 3584), (4096, 14336), (14336, 4096)]
@@ -80,27 +84,6 @@ class Timer:
             times.append(start.elapsed_time(end) * 1e3 / len(calls))
         del graph
         return statistics.median(times)
-
-
-def copy_bandwidth_gbps(device: str) -> float:
-    """Device-to-device copy of 1 GiB, bytes read + written over the median time."""
-    if device == "cpu":
-        return float("nan")
-    n = 1 << 30
-    a = torch.empty(n, dtype=torch.uint8, device=device).random_(0, 255)
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    times = []
-    for _ in range(20):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        b.copy_(a)
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) / 1e3)
-    del a, b
-    return 2 * n / statistics.median(times) / 1e9
 
 
 def nbytes(*tensors) -> int:

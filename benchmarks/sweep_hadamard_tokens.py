@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_int_gemm import copy_bandwidth, time_graph
+from benchmarks.bandwidth import copy_bandwidth_gbps
+from benchmarks.bench_int_gemm import time_graph
 from modaq.hadamard import hadamard_factors, random_signs
 from modaq.ops import _cuda
 from modaq.ops.fast_activation import _hadamard_left
@@ -64,7 +65,7 @@ def main():
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "date": datetime.datetime.now().isoformat(timespec="seconds"), "copy_gbps": copy_bandwidth(), "rows": []}
+           "date": datetime.datetime.now().isoformat(timespec="seconds"), "copy_gbps": copy_bandwidth_gbps(), "rows": []}
     for k in KS:
         for m in MS:
             res["rows"].append(sweep_row(k, m))

@@ -19,7 +19,8 @@
 // sign-extended into s8 bytes the SWAR way.
 //
 // Measured on an H200 (benchmarks/results/int_gemm_NVIDIA_H200.md): W4A8 at M = 1 2.7-3.0x FP16
-// cuBLAS on the four large 7B shapes (~2.86 TB/s of weights on 3584 x 18944), 1.8-2.2x at M = 16;
+// cuBLAS on the four large 7B shapes (~2.86 TB/s of weights on 3584 x 18944, 70% of the copy
+// kernel's 4.13 TB/s; ncu: stalls mostly long scoreboard, ~16 warps per SM), 1.8-2.2x at M = 16;
 // the small shapes (3584 x 3584: 5.4 us) are bound by the per-call latency, not bandwidth.
 //
 // Layout and k order.  A paired block is 128 values in 64 bytes per row: byte j holds value j
@@ -38,7 +39,11 @@
 // count so that all CTAs are resident at once.  Weights stream past L1 (ld.global.nc,
 // no-allocate); x is tiny and shared by every CTA, so it stays in L1.  Tried and dropped: a
 // programmatic dependent launch after quantize_act (weights loaded before waiting for x) made
-// the large shapes 10-35% slower on an H200, alone and behind quantize_act.
+// the large shapes 10-35% slower on an H200, alone and behind quantize_act.  Also dropped:
+// loading x at use (it is L1-resident) to keep 8 blocks of weights in flight: 1.4x slower at
+// M = 1, x's L1 latency no longer hidden.  What limits M = 16 (ncu, 3584 x 18944): at 128
+// registers only 8 two-warp CTAs fit an SM, so the rule picks one warp per CTA: ~8.6 warps
+// per SM, DRAM 34% busy, stalls mostly on the weight loads (long scoreboard).
 #include "common.cuh"
 
 #include <stdexcept>

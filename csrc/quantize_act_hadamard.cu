@@ -16,8 +16,8 @@
 // Why not the tensor-core kernel for these sizes: it splits Z into 3 bf16 terms and was ~10% of
 // copy bandwidth (H100 / H200, benchmarks/results/int_gemm_*.md): 1 CTA per SM from its
 // registers, generic predicated FWHT passes, and one warp per row for the absmax.
-// Measured on an H200 (hadamard_tokens_nvidia_h200.md, int_gemm_NVIDIA_H200.md): 8-32% of copy
-// bandwidth at M >= 1024 (K = 4096, M = 4096: 62.9 us, 176 us before).  What limits it (ncu):
+// Measured on an H200 (hadamard_tokens_nvidia_h200.md, int_gemm_NVIDIA_H200.md): 5-21% of the
+// copy kernel's bandwidth (4.13 TB/s) at M >= 1024 (K = 4096, M = 4096: 62.9 us, 176 us before).  What limits it (ncu):
 // the phases run one after another behind barriers with 16-24 warps per SM (issue rate ~0.6 per
 // scheduler), at ~90 instructions per value (index math, the shared-memory FWHT pass, the
 // quantizer); one token is one CTA, so at M = 1 a 14336-wide token takes 27 us on one SM.

@@ -31,6 +31,7 @@ void weight_only_gemv(std::uintptr_t x, std::uintptr_t qweight, std::uintptr_t s
     throw std::invalid_argument("modaq._C.weight_only_gemv: group_size must be 64 or 128");
   if (K % 64 || N < 1 || N > (1 << 30) || K > (1 << 30))
     throw std::invalid_argument("modaq._C.weight_only_gemv: K must be a positive multiple of 64");
+  if (K % group_size) throw std::invalid_argument("modaq._C.weight_only_gemv: K must be a multiple of group_size");
   if (kernel < woq::kAutoKernel || kernel > woq::kRegsKernel)
     throw std::invalid_argument("modaq._C.weight_only_gemv: kernel must be 0 (auto), 1 (smem) or 2 (regs)");
   woq::GemvArgs p = {};

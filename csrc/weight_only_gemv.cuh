@@ -31,12 +31,21 @@
 // 256-k block per lane (128 weights), W3 fp16 M <= 8: 277 instructions (2.2 / weight; decode
 // 1.4: one LOP3 into a magic-number mantissa + one HFMA2 per pair), W4 245 (1.9).
 //
-// Measured (benchmarks/results/weight_only_*.md, M = 1, CUDA-graph replays): 3584 x 18944 W3
-// 18.5 us (49% of copy bandwidth; previous kernel 22.9-24.5 us), 18944 x 3584 16.5 us (55%),
-// 14336 x 4096 14.0 us (56%); W4 52-64%.  Limits now: ~5-6 us per call that do not scale
-// with size (3584 x 3584, 2.5 MB, takes 6.5 us: launch, first DRAM round trip, x staging,
-// tail), and at ~1 CTA per SM only one warp per scheduler issues the dependent decode / mma
-// chain; more splits or CTAs to add warps measured slower (cluster barrier, per-CTA x).
+// Measured (benchmarks/results/weight_only_*.md, M = 1, CUDA-graph replays): H100, 3584 x 18944
+// W3 18.5 us (49% of copy bandwidth; previous kernel 22.9-24.5 us), 18944 x 3584 16.5 us (55%),
+// 14336 x 4096 14.0 us (56%); W4 52-64%.  H200: 3584 x 18944 W3 15.2-16.6 us (39-43% of the
+// 4.18 TB/s copy), W4 50-55% on the four large shapes.  Limits: ~5-6 us per call that do not
+// scale with size (3584 x 3584, 2.5 MB, takes 5-6.5 us: launch, first DRAM round trip, x
+// staging, tail), and instruction latency: ncu on the H200 (scripts/profile_weight_only_gemv.py,
+// 3584 x 18944 W3) counts 5.24 M warp instructions (316 per block and warp), issue slots 36%
+// busy with ~8 warps per SM, stalls per issued instruction long scoreboard 0.85, fixed-latency
+// wait 0.60, math pipe 0.42; DRAM 34% busy.  Adding warps did not help: a cluster split of 2
+// (2x the warps) measured the same, and a row-tile variant tried on 2026-11-30 (one CTA per 16
+// rows, warps splitting K, x copied into each ring slot) took 1.1-1.9x this kernel's time (its
+// x copies and addressing added ~45% instructions per block).  Four accumulator chains per
+// unit instead of two: no change.  The 80% target needs roughly half the instructions per
+// weight (e.g. feeding the magic-number halves to the mma undecoded, with per-class
+// accumulators and the zero / magic terms subtracted per group, which needs a new layout).
 #pragma once
 
 #include <cooperative_groups.h>

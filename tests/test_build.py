@@ -51,6 +51,10 @@ def test_extension_checks_its_arguments_before_touching_a_gpu():
         _C.int_gemv(M=1, a_bits=4, w_bits=8, **gemv)
     with pytest.raises(ValueError, match="K must be"):
         _C.int_gemv(M=1, a_bits=8, w_bits=4, **{**gemv, "K": 24})
+    woq = dict(x=0, qweight=0, scales=0, zeros=0, bias=0, bias_dtype=0, y=0, M=1, N=16, bits=3, dtype=0, splits=0,
+               device=0, stream=0)
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        _C.weight_only_gemv(K=192, group_size=128, **woq)
     with pytest.raises(ValueError, match="tokens per CTA"):
         _C.quantize_act_hadamard(0, 0, 0, 0, 0, 0, 0, M=4, m=1, p=4096, bits=8, dtype=0, device=0, stream=0,
                                  clip_ratio=1.0, tokens=9)
