@@ -1,6 +1,8 @@
 """One W3A16 / W4A16 GEMV call per (kernel, shape), for profiling under ncu.
 
-    ncu -k regex:weight_only_gemv python scripts/profile_weight_only_gemv.py --bits 3 --kernels 1,3
+    ncu -k regex:weight_only_gemv python scripts/profile_weight_only_gemv.py --bits 3 --kernels 1,2
+
+`kernels`: the entry point's forced kernel (1 = shared-memory pipelined, 2 = register pipelined).
 """
 import argparse
 
@@ -13,7 +15,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--bits", type=int, default=3)
 ap.add_argument("--shapes", default="3584x18944,18944x3584", help="KxN,...")
 ap.add_argument("--m", type=int, default=1)
-ap.add_argument("--kernels", default="1,3")
+ap.add_argument("--kernels", default="1,2")
 ap.add_argument("--group", type=int, default=128)
 args = ap.parse_args()
 pack = formats.pack_w3 if args.bits == 3 else formats.pack_w4

@@ -3,8 +3,9 @@
 All three are one pass over X (csrc/quantize_act.cu, csrc/quantize_act_hadamard.cu,
 csrc/quantize_act_transform.cu).  The tensor-core transform kernels take their constant
 matrices pre-split into bf16 terms in mma fragment order (ops.mma_fragments): H_m once per
-(m, device) (with an fp32 copy for the register Hadamard kernel of cores m <= 60), (P1, P2) once per pair of tensors and tensor
-version (recomputed with torch ops, on the current stream, when a factor is modified in place).
+(m, device) (with an fp32 copy for the register Hadamard kernel of cores m <= 60), (P1, P2)
+once per pair of tensors and tensor version (recomputed with torch ops, on the current stream,
+when a factor is modified in place).
 Factors beyond the fused kernel's limits (Hadamard core > 176, Kronecker n1 > 288, or a token
 over 200 KB of fp32 in shared memory) run the reference.  Every variant takes the activation
 clip ratio (a C++ float: rounded to fp32 as the reference rounds it) and multiplies each token's
