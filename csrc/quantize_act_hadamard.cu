@@ -1,26 +1,31 @@
-// quantize_act with the randomized Hadamard transform for K = m * p, core m <= 60 and p >= 8
-// (every 7B / SigLIP size but 18944 = 148 * 128, which quantize_act_transform.cu's tensor-core
-// kernel keeps): one pass reads X [M, K], writes int8 (or paired int4) + fp32 per-token scales.
+// quantize_act with the randomized Hadamard transform, K = m * p (p = 2^k >= 8): one pass reads
+// X [M, K] (fp16 / bf16), writes int8 (or paired int4) + fp32 per-token scales.  Every core m
+// up to 176 comes here; quantize_act_transform.cu's kernel keeps only p < 8, tokens over the
+// shared-memory budget and inputs that are not 16-byte aligned.
 //
-// Per token, X_r [m, p] -> (X_r * signs) S_p -> H_m^T (.) / sqrt(K), as modaq.ops.reference:
-//   1. 16-byte loads of 8 values (kIlp chunks in flight per thread), smoothing and signs, FWHT
-//      stages h = 1, 2, 4 in registers, stages h = 8 .. 128 by warp shuffles: chunk c is held by
-//      lane c % 32 and rows are p / 8 chunks (a power of two), so lane ^ 2^b holds the values
-//      8 * 2^b further along the same row.  Butterflies in the reference's order (increasing h;
-//      lower index a, upper b -> a + b, a - b), so the FWHT is bit-identical fp32.
-//   2. stages h >= 256 (p > 256) in shared memory (fwht_rows);
-//   3. m > 1: each thread owns columns j of a token and holds Z[:, j] in registers; the m
-//      outputs sum_r H_m[r, i] Z[r, j] are fp32 FMAs with +-1 (each exact up to one rounding,
-//      like the reference's fp32 matmul up to summation order), times 1 / sqrt(K);
-//   4. per-token absmax over all threads, then the shared quantization of the buffer.
-// Why not the tensor-core kernel for these sizes: it splits Z into 3 bf16 terms and was ~10% of
-// copy bandwidth (H100 / H200, benchmarks/results/int_gemm_*.md): 1 CTA per SM from its
-// registers, generic predicated FWHT passes, and one warp per row for the absmax.
-// Measured on an H200 (hadamard_tokens_nvidia_h200.md, int_gemm_NVIDIA_H200.md): 5-21% of the
-// copy kernel's bandwidth (4.13 TB/s) at M >= 1024 (K = 4096, M = 4096: 62.9 us, 176 us before).  What limits it (ncu):
-// the phases run one after another behind barriers with 16-24 warps per SM (issue rate ~0.6 per
-// scheduler), at ~90 instructions per value (index math, the shared-memory FWHT pass, the
-// quantizer); one token is one CTA, so at M = 1 a 14336-wide token takes 27 us on one SM.
+// Per token, X_r [m, p] -> ((X_r / smooth) * signs) S_p -> H_m^T (.) / sqrt(K), as modaq.ops.reference:
+//   load   16-byte chunks (8 values) into registers; smoothing, signs and FWHT stages h = 1, 2, 4
+//          in registers; fp32 into a shared buffer [rows][S] (S = p padded to S % 32 == 4).
+//   FWHT   stages h >= 8 in shared memory: one pass over bits 3 .. log2 p when p <= 512 (each
+//          thread holds up to 64 values of a row at stride 8; a warp covers 8 offsets x 4 rows
+//          spaced two apart, so its reads hit 32 different banks), two passes (bits 3..7, then
+//          8..) when p >= 1024, with 8 floats of padding after every 256 columns so both are
+//          conflict free and every task's values sit at a constant stride.
+//          Butterflies in the reference's order (increasing h; a + b, a - b): bit-identical fp32.
+//   mix    m > 1: Y = H_m^T Z on the tensor cores, one warp per (token, 8-column strip) with all
+//          row tiles in registers; H_m (+-1) is one exact bf16 term, Z is split into 3 bf16
+//          terms (fp32-accurate), then times 1 / sqrt(K).
+//   absmax in registers where the final values are made (the last FWHT pass for m = 1, the mix
+//          otherwise), one warp reduction and one shared atomic per task.
+//   quant  per 8-value chunk: scale, clamp, round by the 1.5 * 2^23 magic add (the same fp32
+//          operations as modaq.formats.quantize_act_sym), bytes packed with PRMT, 8-byte stores.
+// CTAs are persistent: a CTA takes groups of G tokens (G * K ~ 4096 values) in turn and issues
+// the global loads of its next group before transforming the current one, so every CTA keeps
+// one group of loads in flight through the barriers between the phases.
+//
+// History: the kernel this replaces (shared-memory FWHT passes in generic order, m <= 60 mixed
+// with fp32 FMAs, one token per CTA, no prefetch; cores > 60 on the transform kernel) ran at
+// 4-21% of the copy kernel's bandwidth on an H200 (int_gemm_NVIDIA_H200.md, 2026-11-30).
 #include "quantize_act_transform.cuh"
 
 #include <cmath>
@@ -36,212 +41,438 @@ void quantize_act_hadamard_tc(std::uintptr_t x, std::uintptr_t smooth, std::uint
 
 namespace {
 
-constexpr int kIlp = 4;                   // 16-byte chunks loaded per thread before their use
-constexpr int kMaxCore = 60;
-constexpr size_t kBufBudget = 64 * 1024;  // fp32 token buffer per CTA: three CTAs per SM (cores <= 28)
+constexpr int kHT = 256;                  // threads per CTA
+constexpr int kHWarps = kHT / 32;
+constexpr int kGroupValues = 4096;        // G = max(1, kGroupValues / K) tokens per group
+constexpr int kMaxG = kGroupValues / 16;  // p >= 16 when m = 1, m >= 2 otherwise: K >= 16
+constexpr int kMaxChunks = 12 * kHT;      // 12 prefetched 16-byte chunks per thread at most
+constexpr size_t kHBufBudget = 112 * 1024;
 
-// Stage 1; returns the FWHT stages done (3 in registers + the lane stages).
-template <typename T>
-__device__ int load_fwht(const Params& p, float* buf) {
-  const int K = p.n1 * p.n2, cpt = K >> 3, total = p.tokens * cpt;
-  const int lane = threadIdx.x & 31, row_chunks = p.n2 >> 3, row_shift = __ffs(p.n2) - 1;  // n2 = 2^k
-  int lane_bits = 0;
-  while (lane_bits < 5 && (2 << lane_bits) <= row_chunks) ++lane_bits;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * p.tokens;
-  const T* x = static_cast<const T*>(p.x);
-  for (int base = 0; base < total; base += kThreads * kIlp) {  // uniform trip count: shuffles below
-    uint4 raw[kIlp];
-#pragma unroll
-    for (int u = 0; u < kIlp; ++u) {
-      const int c = base + u * kThreads + threadIdx.x, tok = c / cpt;
-      raw[u] = make_uint4(0u, 0u, 0u, 0u);
-      if (c < total && row0 + tok < p.M)
-        raw[u] = __ldg(reinterpret_cast<const uint4*>(x + (row0 + tok) * K) + (c - tok * cpt));
-    }
-#pragma unroll
-    for (int u = 0; u < kIlp; ++u) {
-      const int c = base + u * kThreads + threadIdx.x, tok = c / cpt;
-      const bool in = c < total;
-      const int k = (c - tok * cpt) * 8;
-      float f[8];
-      smoothed8<T>(raw[u], in ? p.smooth : nullptr, k, f);
-      if (in && p.signs) {
-        const float4 s0 = __ldg(reinterpret_cast<const float4*>(p.signs + k));
-        const float4 s1 = __ldg(reinterpret_cast<const float4*>(p.signs + k) + 1);
-        f[0] *= s0.x; f[1] *= s0.y; f[2] *= s0.z; f[3] *= s0.w;
-        f[4] *= s1.x; f[5] *= s1.y; f[6] *= s1.z; f[7] *= s1.w;
-      }
-      fwht8(f);
-      for (int b = 0; b < lane_bits; ++b) {
-        // lower lane: a + b = o + f; upper lane: a - b = o - f; fma(+-1, f, o) rounds once: the same
-        const float sign = (lane >> b) & 1 ? -1.f : 1.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) f[j] = fmaf(sign, f[j], __shfl_xor_sync(0xffffffffu, f[j], 1 << b));
-      }
-      if (in) {
-        const int r = k >> row_shift, i = k & (p.n2 - 1);
-        float4* dst = reinterpret_cast<float4*>(buf + (tok * p.n1 + r) * p.s + i);
-        dst[0] = make_float4(f[0], f[1], f[2], f[3]);
-        dst[1] = make_float4(f[4], f[5], f[6], f[7]);
-      }
-    }
-  }
-  return 3 + lane_bits;
+struct HParams {
+  const void* x;
+  const float* smooth;  // [K] or null
+  const float* signs;   // [K] or null
+  const uint4* left;    // A fragments of H_m^T (one bf16 term), m > 1
+  uint8_t* q;
+  float* scale;
+  int64_t M, groups;
+  int m, p, log2p, K, S, G;
+  int chunks;           // 16-byte chunks of a group: G * K / 8
+  int rows;             // buffer rows: G * m, padded to a multiple of 8 for the one-pass FWHT
+  int pad;              // p >= 1024: 8 floats of padding after every 256 columns (~0 mask), else 0
+  float inv_chunks;     // 1 / (K / 8), for the token of a chunk
+  float mix_scale;      // 1 / sqrt(K) (m > 1)
+  float final_scale;    // 1 / sqrt(K) (m = 1)
+  float clip;
+};
+
+__device__ __forceinline__ int phys_col(const HParams& p, int col) { return col + ((col >> 5) & p.pad & ~7); }
+
+// token of chunk c (c < G * K / 8): a float estimate, corrected
+__device__ __forceinline__ int token_of_chunk(const HParams& p, int c) {
+  if (p.G == 1) return 0;
+  const int c8 = p.K >> 3;
+  int g = static_cast<int>(static_cast<float>(c) * p.inv_chunks);
+  if (g * c8 > c) --g;
+  if ((g + 1) * c8 <= c) ++g;
+  return g;
 }
 
-// Stage 3: Y[:, j] = H_m^T Z[:, j] * stage2_scale in place, one column per thread at a time.
-// core_s: H_m^T rows padded to MAXM (a multiple of 4, like every supported m).
-template <int MAXM>
-__device__ void mix_columns(const Params& p, float* buf, const float* core_s) {
-  const int m = p.n1;
-  for (int u = threadIdx.x; u < p.tokens * p.n2; u += kThreads) {
-    const int tok = u / p.n2, j = u - tok * p.n2;
-    float* col = buf + tok * m * p.s + j;
-    float z[MAXM];
+// value k of token g in the buffer
+__device__ __forceinline__ float* value_ptr(const HParams& p, float* buf, int g, int k) {
+  return buf + (g * p.m + (k >> p.log2p)) * p.S + phys_col(p, k & (p.p - 1));
+}
+
+__device__ __forceinline__ float* chunk_ptr(const HParams& p, float* buf, int c, int& g) {
+  g = token_of_chunk(p, c);
+  return value_ptr(p, buf, g, (c - g * (p.K >> 3)) * 8);
+}
+
+// |v| folded into a running max that propagates NaN (NaN bits order above +inf as unsigned)
+__device__ __forceinline__ float max_abs_nan(float acc, float v) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(acc), "f"(fabsf(v)));
+  return r;
+}
+
+// One shared atomic per set of lanes that hold the same token.
+__device__ __forceinline__ void flush_absmax(unsigned* amax_bits, int tok, float mx, bool active) {
+  const unsigned mask = __match_any_sync(0xffffffffu, active ? tok : -1);
+  const unsigned top = __reduce_max_sync(mask, active ? __float_as_uint(mx) : 0u);
+  if (active && (threadIdx.x & 31) == __ffs(mask) - 1) atomicMax(amax_bits + tok, top);
+}
+
+// ------------------------------------------------------------------------- load
+
+template <int U>
+__device__ __forceinline__ void load_group(const HParams& p, int64_t group, uint4 (&raw)[U]) {
+  const int64_t tok0 = group * p.G;
+  const int64_t left_tokens = p.M - tok0;
+  const int valid = static_cast<int>((left_tokens < p.G ? left_tokens : p.G) * (p.K >> 3));
+  const uint4* src = static_cast<const uint4*>(p.x) + tok0 * (p.K >> 3);
 #pragma unroll
-    for (int r = 0; r < MAXM; ++r) z[r] = r < m ? col[r * p.s] : 0.f;
-    for (int i = 0; i < m; ++i) {
-      const float* h = core_s + i * MAXM;
-      float y = 0.f;
+  for (int u = 0; u < U; ++u) {
+    const int c = threadIdx.x + u * kHT;
+    raw[u] = c < valid ? ld_stream(src + c) : make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
+template <typename T, int U>
+__device__ __forceinline__ void store_group(const HParams& p, const uint4 (&raw)[U], float* buf) {
 #pragma unroll
-      for (int r = 0; r < MAXM; r += 4) {
-        if (r < m) {
-          const float4 hv = *reinterpret_cast<const float4*>(h + r);
-          y = fmaf(hv.x, z[r], y);
-          y = fmaf(hv.y, z[r + 1], y);
-          y = fmaf(hv.z, z[r + 2], y);
-          y = fmaf(hv.w, z[r + 3], y);
+  for (int u = 0; u < U; ++u) {
+    const int c = threadIdx.x + u * kHT;
+    if (c >= p.chunks) break;
+    int g;
+    float* dst = chunk_ptr(p, buf, c, g);
+    const int k = (c - g * (p.K >> 3)) * 8;
+    float f[8];
+    smoothed8<T>(raw[u], p.smooth, k, f);
+    if (p.signs) {
+      const float4 s0 = __ldg(reinterpret_cast<const float4*>(p.signs + k));
+      const float4 s1 = __ldg(reinterpret_cast<const float4*>(p.signs + k) + 1);
+      f[0] *= s0.x; f[1] *= s0.y; f[2] *= s0.z; f[3] *= s0.w;
+      f[4] *= s1.x; f[5] *= s1.y; f[6] *= s1.z; f[7] *= s1.w;
+    }
+    fwht8(f);
+    reinterpret_cast<float4*>(dst)[0] = make_float4(f[0], f[1], f[2], f[3]);
+    reinterpret_cast<float4*>(dst)[1] = make_float4(f[4], f[5], f[6], f[7]);
+  }
+}
+
+// ------------------------------------------------------------------------- FWHT
+
+// FWHT stages lo .. lo + NB - 1 of every row: a task holds the 2^NB values whose column differs
+// only in those bits.  ONE_PASS (lo = 3, p <= 512): the task's other bits are its row, rows
+// visited 0, 2, 4, 6, 1, 3, 5, 7 within each 8 so that a warp's 4 rows are 2 * S apart (banks
+// 8 apart).  FINAL: these are the token's final values: fold them into the token absmax.
+template <int NB, bool ONE_PASS>
+__device__ void fwht_pass(const HParams& p, float* buf, int lo, bool final, unsigned* amax_bits) {
+  constexpr int V = 1 << NB;
+  const int rows = ONE_PASS ? p.rows : p.G * p.m;
+  const int tasks = (rows << p.log2p) >> NB;
+  for (int base = 0; base < tasks; base += kHT) {  // uniform trip count: warp collectives below
+    const int task = base + threadIdx.x;
+    const bool in = task < tasks;
+    const int low = task & ((1 << lo) - 1);
+    int high = task >> lo;
+    if (ONE_PASS) high = (high & ~7) | ((high & 3) << 1) | ((high >> 2) & 1);
+    const int e = low | (high << (lo + NB));
+    const int row = e >> p.log2p;
+    // lo = 3 (values in one 256-column block) or 8 (blocks j): the padding is a constant stride
+    const int col = ONE_PASS ? (e & (p.p - 1)) : phys_col(p, e & (p.p - 1));
+    float* r = buf + row * p.S;
+    const int stride = ONE_PASS || lo == 3 ? 1 << lo : (1 << lo) + 8;
+    float v[V];
+    if (in) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) v[j] = r[col + j * stride];
+#pragma unroll
+      for (int st = 0; st < NB; ++st) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          if (!(j & (1 << st))) {
+            const float a = v[j], b = v[j + (1 << st)];
+            v[j] = a + b;
+            v[j + (1 << st)] = a - b;
+          }
         }
       }
-      col[i * p.s] = y * p.stage2_scale;
-    }
-  }
-}
-
-// Stage 4: absmax (of value * final_scale) and NaN flag per token, every thread on 8-value chunks.
-__device__ void absmax_tokens(const Params& p, const float* buf, unsigned* amax_bits, int* nan_flag) {
-  const int cpt = (p.n1 * p.n2) >> 3, row_shift = __ffs(p.n2) - 1;  // n2 = 2^k
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * p.tokens;
-  int cur = -1, nan = 0;
-  float mx = 0.f;
-  auto flush = [&]() {
-    if (cur < 0) return;
-    atomicMax(amax_bits + cur, __float_as_uint(mx));  // non-negative floats order as uints
-    if (nan) atomicOr(nan_flag + cur, 1);
-  };
-  for (int c = threadIdx.x; c < p.tokens * cpt; c += kThreads) {
-    const int tok = c / cpt;
-    if (row0 + tok >= p.M) break;  // tokens grow with c
-    if (tok != cur) {
-      flush();
-      cur = tok;
-      mx = 0.f;
-      nan = 0;
-    }
-    const int k = (c - tok * cpt) * 8, r = k >> row_shift, i = k & (p.n2 - 1);
-    const float4* src = reinterpret_cast<const float4*>(buf + (tok * p.n1 + r) * p.s + i);
-    const float4 a = src[0], b = src[1];
-    const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const float w = v[e] * p.final_scale;
-      nan |= w != w;
-      mx = fmaxf(mx, fabsf(w));
+      for (int j = 0; j < V; ++j) r[col + j * stride] = v[j];
+    }
+    if (final) {  // m = 1: row = token
+      float mx = 0.f;
+      if (in) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) mx = max_abs_nan(mx, v[j]);
+      }
+      flush_absmax(amax_bits, row, mx, in && row < p.G);
     }
   }
-  flush();
 }
 
-template <typename T, int BITS, int MAXM>
-__global__ void __launch_bounds__(kThreads, MAXM > 28 ? 2 : 3) hadamard_quantize_kernel(Params p) {
+template <bool ONE_PASS>
+__device__ void fwht_dispatch(const HParams& p, float* buf, int lo, int nb, bool final, unsigned* amax_bits) {
+  switch (nb) {
+    case 1: fwht_pass<1, ONE_PASS>(p, buf, lo, final, amax_bits); break;
+    case 2: fwht_pass<2, ONE_PASS>(p, buf, lo, final, amax_bits); break;
+    case 3: fwht_pass<3, ONE_PASS>(p, buf, lo, final, amax_bits); break;
+    case 4: fwht_pass<4, ONE_PASS>(p, buf, lo, final, amax_bits); break;
+    case 5: fwht_pass<5, ONE_PASS>(p, buf, lo, final, amax_bits); break;
+    default: fwht_pass<6, ONE_PASS>(p, buf, lo, final, amax_bits); break;
+  }
+}
+
+__device__ void fwht_rows_hp(const HParams& p, float* buf, unsigned* amax_bits) {
+  const bool final = p.m == 1;
+  if (p.log2p <= 9) {
+    if (p.log2p > 3) fwht_dispatch<true>(p, buf, 3, p.log2p - 3, final, amax_bits);
+  } else {
+    fwht_pass<5, false>(p, buf, 3, false, amax_bits);
+    __syncthreads();
+    fwht_dispatch<false>(p, buf, 8, p.log2p - 8, final, amax_bits);
+  }
+  __syncthreads();
+}
+
+// ------------------------------------------------------------------------- mix (m > 1)
+
+// Y = H_m^T Z * mix_scale in place, one warp per (token, 8-column strip), MT >= ceil(m / 16).
+template <int MT>
+__device__ void mix_rows(const HParams& p, float* buf, unsigned* amax_bits) {
+  constexpr int kTerms = 3;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int mt = (p.m + 15) >> 4, strips = p.p >> 3, shift = p.log2p - 3;
+  for (int unit = warp; unit < p.G * strips; unit += kHWarps) {
+    const int tok = unit >> shift, ct = unit & (strips - 1);
+    float* zt = buf + tok * p.m * p.S;
+    const float* zn = zt + phys_col(p, ct * 8 + g);  // this lane's B column
+    auto load = [&](int k) -> float { return k < p.m ? zn[k * p.S] : 0.f; };
+    float acc[MT][4] = {};
+    for (int ks = 0; ks < mt; ++ks) {
+      const int k0 = ks * 16 + 2 * c;
+      const float v[4] = {load(k0), load(k0 + 1), load(k0 + 8), load(k0 + 9)};
+      uint32_t b[kTerms][2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        uint16_t lo[kTerms], hi[kTerms];
+        split_bf16<kTerms>(v[2 * r], lo);
+        split_bf16<kTerms>(v[2 * r + 1], hi);
+#pragma unroll
+        for (int t = 0; t < kTerms; ++t) b[t][r] = pack_bf16x2(lo[t], hi[t]);
+      }
+#pragma unroll
+      for (int rt = 0; rt < MT; ++rt) {
+        if (rt < mt) {
+          const uint4 f = __ldg(p.left + static_cast<size_t>(rt * mt + ks) * 32 + lane);
+          const uint32_t a[4] = {f.x, f.y, f.z, f.w};
+#pragma unroll
+          for (int t = 0; t < kTerms; ++t) mma_bf16_16816(acc[rt], a, b[t]);
+        }
+      }
+    }
+    __syncwarp();  // every lane's reads of this strip precede the writes
+    float* zc = zt + phys_col(p, ct * 8 + 2 * c);  // this lane's two output columns
+    float mx = 0.f;
+#pragma unroll
+    for (int rt = 0; rt < MT; ++rt) {
+      if (rt >= mt) continue;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int i = rt * 16 + g + 8 * h;
+        if (i >= p.m) continue;
+        const float y0 = acc[rt][2 * h] * p.mix_scale, y1 = acc[rt][2 * h + 1] * p.mix_scale;
+        *reinterpret_cast<float2*>(zc + i * p.S) = make_float2(y0, y1);
+        mx = max_abs_nan(max_abs_nan(mx, y0), y1);
+      }
+    }
+    const unsigned top = __reduce_max_sync(0xffffffffu, __float_as_uint(mx));
+    if (lane == 0) atomicMax(amax_bits + tok, top);
+  }
+}
+
+// ------------------------------------------------------------------------- quantize
+
+// clamp(rint(v * inv), -qmax, qmax) as the float bits of t + 1.5 * 2^23 (t clamped first: the
+// same result): the integer sits in the low bits.  inv > 0 and v finite here.
+__device__ __forceinline__ uint32_t rounded_bits(float v, float inv, float qmax) {
+  const float t = fminf(fmaxf(v * inv, -qmax), qmax);
+  return __float_as_uint(t + 12582912.f);
+}
+
+template <int BITS, bool FINAL>
+__device__ void quantize_group(const HParams& p, float* buf, const unsigned* amax_bits, int64_t tok0) {
+  constexpr int qmax = BITS == 8 ? 127 : 7;
+  const int64_t left_tokens = p.M - tok0;
+  const int gv = static_cast<int>(left_tokens < p.G ? left_tokens : p.G);
+  if (threadIdx.x < gv) {
+    const float amax = __uint_as_float(amax_bits[threadIdx.x]) * (FINAL ? p.final_scale : 1.f);
+    p.scale[tok0 + threadIdx.x] = token_scale(clipped_range(amax, p.clip), amax != amax, qmax);
+  }
+  int cur = -1;
+  float inv = 0.f;
+  auto token_inv = [&](int g) {
+    if (g != cur) {
+      cur = g;
+      const float amax = __uint_as_float(amax_bits[g]) * (FINAL ? p.final_scale : 1.f);
+      inv = inv_scale(clipped_range(amax, p.clip), amax != amax, qmax);
+    }
+  };
+  auto load8 = [&](const float* src, float (&f)[8]) {
+    const float4 a = reinterpret_cast<const float4*>(src)[0], b = reinterpret_cast<const float4*>(src)[1];
+    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+    if (FINAL) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) f[j] *= p.final_scale;
+    }
+  };
+  if (BITS == 8) {
+    for (int c = threadIdx.x; c < p.chunks; c += kHT) {
+      int g;
+      const float* src = chunk_ptr(p, buf, c, g);
+      if (g >= gv) break;  // tokens grow with c
+      token_inv(g);
+      uint2 out = make_uint2(0u, 0u);  // inv = 0: a zero, NaN or infinite token quantizes to 0
+      if (inv > 0.f) {
+        float f[8];
+        load8(src, f);
+        uint32_t r[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) r[j] = rounded_bits(f[j], inv, static_cast<float>(qmax));
+        out.x = __byte_perm(__byte_perm(r[0], r[1], 0x0040), __byte_perm(r[2], r[3], 0x0040), 0x5410);
+        out.y = __byte_perm(__byte_perm(r[4], r[5], 0x0040), __byte_perm(r[6], r[7], 0x0040), 0x5410);
+      }
+      *reinterpret_cast<uint2*>(p.q + (tok0 + g) * p.K + (c - g * (p.K >> 3)) * 8) = out;
+    }
+    return;
+  }
+  // int4, half-block pairs: byte j of a 128-block holds values j and j + 64 (paired_indices)
+  const int full = p.K >> 7;
+  for (int w = threadIdx.x; w < gv * full * 8; w += kHT) {
+    const int blk = w >> 3, g = blk / full, b = blk - g * full;
+    const int k = b * 128 + (w & 7) * 8;  // the low chunk; the high one is 64 values on
+    const float* lo_src = value_ptr(p, buf, g, k);
+    const float* hi_src = value_ptr(p, buf, g, k + 64);
+    token_inv(g);
+    uint2 out = make_uint2(0u, 0u);
+    if (inv > 0.f) {
+      float lo[8], hi[8];
+      load8(lo_src, lo);
+      load8(hi_src, hi);
+      uint32_t word[2] = {0u, 0u};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const uint32_t l = rounded_bits(lo[j], inv, static_cast<float>(qmax)) & 0xFu;
+        const uint32_t h = rounded_bits(hi[j], inv, static_cast<float>(qmax)) & 0xFu;
+        word[j >> 2] |= (l | (h << 4)) << (8 * (j & 3));
+      }
+      out = make_uint2(word[0], word[1]);
+    }
+    *reinterpret_cast<uint2*>(p.q + (tok0 + g) * (p.K / 2) + b * 64 + (w & 7) * 8) = out;
+  }
+  const int tail = p.K - full * 128;  // a last block of length < 128: scalar
+  for (int w = threadIdx.x; w < gv * (tail / 2); w += kHT) {
+    const int g = w / (tail / 2), j = full * 64 + (w - g * (tail / 2));
+    int lo_k, hi_k;
+    paired_indices(j, p.K, lo_k, hi_k);
+    token_inv(g);
+    auto value = [&](int k) { return *value_ptr(p, buf, g, k) * (FINAL ? p.final_scale : 1.f); };
+    uint8_t b = 0;
+    if (inv > 0.f)
+      b = pack_nibbles(static_cast<int>(rounded_bits(value(lo_k), inv, qmax) & 0xFu),
+                       static_cast<int>(rounded_bits(value(hi_k), inv, qmax) & 0xFu));
+    p.q[(tok0 + g) * (p.K / 2) + j] = b;
+  }
+}
+
+// ------------------------------------------------------------------------- kernel
+
+template <typename T, int BITS, int MT, int U>
+__global__ void __launch_bounds__(kHT, 2) hadamard_quantize_kernel(HParams p) {
   extern __shared__ float4 smem[];
   float* buf = reinterpret_cast<float*>(smem);
-  __shared__ __align__(16) float core_s[MAXM > 1 ? MAXM * MAXM : 4];
-  __shared__ unsigned amax_bits[kMaxTokens];
-  __shared__ int nan_flag[kMaxTokens];
-  if (threadIdx.x < kMaxTokens) {
-    amax_bits[threadIdx.x] = 0u;
-    nan_flag[threadIdx.x] = 0;
-  }
-  if constexpr (MAXM > 1) {
-    for (int e = threadIdx.x; e < p.n1 * MAXM; e += kThreads) {
-      const int i = e / MAXM, r = e - i * MAXM;
-      core_s[e] = r < p.n1 ? __ldg(p.core + i * p.n1 + r) : 0.f;
-    }
-  }
-  const int done = load_fwht<T>(p, buf);
-  __syncthreads();
-  fwht_rows(p, buf, done);  // synchronizes after each pass
-  if constexpr (MAXM > 1) {
-    mix_columns<MAXM>(p, buf, core_s);
+  __shared__ unsigned amax_bits[kMaxG];
+  uint4 raw[U];
+  int64_t group = blockIdx.x;
+  if (group < p.groups) load_group<U>(p, group, raw);
+  for (; group < p.groups; group += gridDim.x) {
+    for (int t = threadIdx.x; t < p.G; t += kHT) amax_bits[t] = 0u;
+    store_group<T, U>(p, raw, buf);
+    if (group + gridDim.x < p.groups) load_group<U>(p, group + gridDim.x, raw);  // in flight meanwhile
     __syncthreads();
+    fwht_rows_hp(p, buf, amax_bits);
+    if constexpr (MT > 0) {
+      mix_rows<MT>(p, buf, amax_bits);
+      __syncthreads();
+    }
+    quantize_group<BITS, MT == 0>(p, buf, amax_bits, group * p.G);
+    __syncthreads();  // the buffer and amax_bits are reused by the next group
   }
-  absmax_tokens(p, buf, amax_bits, nan_flag);
-  __syncthreads();
-  quantize_tokens<BITS>(p, buf, amax_bits, nan_flag);
 }
 
-template <typename T, int BITS, int MAXM>
-void launch(const Params& p, cudaStream_t s) {
-  auto kernel = hadamard_quantize_kernel<T, BITS, MAXM>;
-  const size_t smem = token_bytes(p.n1, p.n2) * p.tokens;
+template <typename T, int BITS, int MT, int U>
+void launch_hp(const HParams& p, size_t smem, int device, cudaStream_t s) {
+  auto kernel = hadamard_quantize_kernel<T, BITS, MT, U>;
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
              "cudaFuncSetAttribute(quantize_act_hadamard)");
-  const int64_t blocks = (p.M + p.tokens - 1) / p.tokens;
-  kernel<<<static_cast<unsigned>(blocks), kThreads, smem, s>>>(p);
+  int per_sm = 0;
+  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kHT, smem), "occupancy");
+  const int64_t cap = static_cast<int64_t>(device_info(device).sms) * (per_sm > 0 ? per_sm : 1);
+  const int64_t grid = p.groups < cap ? p.groups : cap;
+  kernel<<<static_cast<unsigned>(grid), kHT, smem, s>>>(p);
 }
 
 bool aligned16(std::uintptr_t ptr) { return (ptr & 15) == 0; }
 
+// floats per buffer row: p (+ the padding of p >= 1024), rounded up to S % 32 == 4
+size_t row_stride(int p2) {
+  const int cols = p2 + (p2 >= 1024 ? p2 / 32 : 0);
+  return static_cast<size_t>(cols + ((4 - cols) % 32 + 32) % 32);
+}
+
 }  // namespace
 
-void quantize_act_hadamard(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t signs,
-                           std::uintptr_t left, std::uintptr_t core, std::uintptr_t q, std::uintptr_t scale,
-                           int64_t M, int m, int p2, int bits, int dtype, int device, std::uintptr_t stream,
-                           float clip_ratio, int tokens) {
-  const bool fits = m <= kMaxCore && (m == 1 || m % 4 == 0) && p2 >= 8 && p2 % 8 == 0 &&
-                    token_bytes(m, p2) <= kBufBudget && (m == 1 || core != 0) && aligned16(x) &&
-                    aligned16(smooth) && aligned16(signs);
+void quantize_act_hadamard(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t signs, std::uintptr_t left,
+                           std::uintptr_t q, std::uintptr_t scale, int64_t M, int m, int p2, int bits, int dtype,
+                           int device, std::uintptr_t stream, float clip_ratio) {
+  if (bits != 4 && bits != 8) throw std::invalid_argument("modaq._C.quantize_act_hadamard: bits must be 4 or 8");
+  if (m < 1 || p2 < 1 || (p2 & (p2 - 1)) != 0)
+    throw std::invalid_argument("modaq._C.quantize_act_hadamard: m must be >= 1 and p a power of two");
+  if (M < 0) throw std::invalid_argument("modaq._C.quantize_act_hadamard: M must be >= 0");
+  const int64_t K = static_cast<int64_t>(m) * p2;
+  const int G = K >= kGroupValues ? 1 : static_cast<int>(kGroupValues / K);
+  const bool one_pass = p2 <= 512;
+  const int rows = one_pass ? (G * m + 7) / 8 * 8 : G * m;
+  const size_t smem = static_cast<size_t>(rows) * row_stride(p2) * sizeof(float);
+  const bool fits = p2 >= 8 && (m > 1 || p2 >= 16) && m <= 176 && (m == 1 || left != 0) &&
+                    G * K / 8 <= kMaxChunks && smem <= kHBufBudget && aligned16(x) && aligned16(smooth) &&
+                    aligned16(signs);
   if (!fits) {
     quantize_act_hadamard_tc(x, smooth, signs, left, q, scale, M, m, p2, bits, dtype, device, stream, clip_ratio);
     return;
   }
   if (M == 0) return;
-  Params p{};
+  HParams p{};
   p.x = reinterpret_cast<const void*>(x);
   p.smooth = reinterpret_cast<const float*>(smooth);
   p.signs = reinterpret_cast<const float*>(signs);
-  p.core = reinterpret_cast<const float*>(core);
+  p.left = reinterpret_cast<const uint4*>(left);
   p.q = reinterpret_cast<uint8_t*>(q);
   p.scale = reinterpret_cast<float*>(scale);
   p.M = M;
-  p.n1 = m;
-  p.n2 = p2;
-  p.s = padded_stride(p2);
-  const float inv_sqrt = static_cast<float>(1.0 / std::sqrt(static_cast<double>(m) * p2));
-  p.stage2_scale = m > 1 ? inv_sqrt : 1.f;
+  p.G = G;
+  p.groups = (M + G - 1) / G;
+  p.m = m;
+  p.p = p2;
+  p.log2p = __builtin_ctz(static_cast<unsigned>(p2));
+  p.K = static_cast<int>(K);
+  p.S = static_cast<int>(row_stride(p2));
+  p.chunks = static_cast<int>(G * K / 8);
+  p.rows = rows;
+  p.pad = one_pass ? 0 : ~0;
+  p.inv_chunks = 1.f / static_cast<float>(K / 8);
+  const float inv_sqrt = static_cast<float>(1.0 / std::sqrt(static_cast<double>(K)));
+  p.mix_scale = m > 1 ? inv_sqrt : 1.f;
   p.final_scale = m > 1 ? 1.f : inv_sqrt;
   p.clip = clip_ratio;
-  p.vec = true;
-  if (tokens < 0 || tokens > kMaxTokens || token_bytes(m, p2) * tokens > kBufBudget)
-    throw std::invalid_argument("modaq._C.quantize_act_hadamard: tokens per CTA out of range");
-  if (tokens == 0) {
-    // about 8192 values per CTA (power of two tokens): measured best or within 2% on an H200
-    // (benchmarks/results/hadamard_tokens_nvidia_h200.json; e.g. K = 4096: 2 tokens 63 us,
-    // 3 tokens 69 us at M = 4096)
-    tokens = 1;
-    while (tokens * m * p2 < 8192 && tokens * 2 <= kMaxTokens && token_bytes(m, p2) * tokens * 2 <= kBufBudget)
-      tokens *= 2;
-  }
-  p.tokens = M < tokens ? static_cast<int>(M) : tokens;
   cudaStream_t s = enter(device, stream);
   dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     auto go = [&](auto bits_tag) {
       constexpr int B = decltype(bits_tag)::value;
-      if (m == 1) launch<T, B, 1>(p, s);
-      else if (m <= 28) launch<T, B, 28>(p, s);
-      else launch<T, B, kMaxCore>(p, s);
+      auto by_u = [&](auto mt_tag) {
+        constexpr int MT = decltype(mt_tag)::value;
+        if (p.chunks > 8 * kHT) launch_hp<T, B, MT, 12>(p, smem, device, s);
+        else if (p.chunks > 4 * kHT) launch_hp<T, B, MT, 8>(p, smem, device, s);
+        else launch_hp<T, B, MT, 4>(p, smem, device, s);
+      };
+      // row tiles of the mix: exact for 28 (3584, 14336) and 148 (18944); the rest predicated
+      if (m == 1) by_u(std::integral_constant<int, 0>{});
+      else if (m <= 32) by_u(std::integral_constant<int, 2>{});
+      else if (m <= 64) by_u(std::integral_constant<int, 4>{});
+      else if (m <= 160) by_u(std::integral_constant<int, 10>{});
+      else by_u(std::integral_constant<int, 11>{});
     };
     if (bits == 8) go(std::integral_constant<int, 8>{});
     else go(std::integral_constant<int, 4>{});

@@ -3,7 +3,7 @@
 All three are one pass over X (csrc/quantize_act.cu, csrc/quantize_act_hadamard.cu,
 csrc/quantize_act_transform.cu).  The tensor-core transform kernels take their constant
 matrices pre-split into bf16 terms in mma fragment order (ops.mma_fragments): H_m once per
-(m, device) (with an fp32 copy for the register Hadamard kernel of cores m <= 60), (P1, P2)
+(m, device), (P1, P2)
 once per pair of tensors and tensor version (recomputed with torch ops, on the current stream,
 when a factor is modified in place).
 Factors beyond the fused kernel's limits (Hadamard core > 176, Kronecker n1 > 288, or a token
@@ -27,11 +27,9 @@ _TERMS = 3  # bf16 terms per split fp32 operand (must match kTerms in the kernel
 
 
 @functools.lru_cache(maxsize=None)
-def _hadamard_left(m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """H_m^T as A fragments (exact +-1: one bf16 term; the tensor-core kernel, m > 60) and as
-    fp32 [m, m] (the register kernel)."""
-    core_t = hadamard_matrix(m, dtype=torch.float32).t().contiguous()
-    return a_fragments(core_t, 1).to(device), core_t.to(device)
+def _hadamard_left(m: int, device: torch.device) -> torch.Tensor:
+    """H_m^T as A fragments (exact +-1: one bf16 term)."""
+    return a_fragments(hadamard_matrix(m, dtype=torch.float32).t(), 1).to(device)
 
 
 _KRON_CACHE: dict[int, tuple] = {}  # id(left) -> (left ref, version, right ref, version, frags)
@@ -77,9 +75,9 @@ def quantize_act_cuda(x, bits, smooth, hadamard_signs, kron_left, kron_right, cl
     common = (bits, _cuda.DTYPE_CODE[x.dtype], dev, stream, float(clip_ratio))  # clip: fp32 in the kernel
     ptr = _cuda.ptr
     if hadamard_signs is not None:
-        left, core_t = _hadamard_left(core, x.device) if core > 1 else (None, None)
-        _cuda._C.quantize_act_hadamard(ptr(x), ptr(smooth), ptr(hadamard_signs), ptr(left), ptr(core_t), ptr(q),
-                                       ptr(scale), m, core, p, *common)
+        left = _hadamard_left(core, x.device) if core > 1 else None
+        _cuda._C.quantize_act_hadamard(ptr(x), ptr(smooth), ptr(hadamard_signs), ptr(left), ptr(q), ptr(scale), m,
+                                       core, p, *common)
     elif kron_left is not None:
         left, right = _kron_fragments(kron_left, kron_right)
         _cuda._C.quantize_act_kron(ptr(x), ptr(smooth), ptr(left), ptr(right), ptr(q), ptr(scale), m,
