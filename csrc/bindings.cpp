@@ -17,8 +17,8 @@ void quantize_act(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t q, std
 // --- fused online transform + quantization (csrc/quantize_act_hadamard.cu, quantize_act_transform.cu)
 bool transform_fits(int n1, int n2, bool kron);
 void quantize_act_hadamard(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t signs, std::uintptr_t left,
-                           std::uintptr_t q, std::uintptr_t scale, int64_t M, int m, int p2, int bits, int dtype,
-                           int device, std::uintptr_t stream, float clip_ratio);
+                           std::uintptr_t left_tf32, std::uintptr_t q, std::uintptr_t scale, int64_t M, int m,
+                           int p2, int bits, int dtype, int device, std::uintptr_t stream, float clip_ratio);
 void quantize_act_kron(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t left, std::uintptr_t right,
                        std::uintptr_t q, std::uintptr_t scale, int64_t M, int n1, int n2, int bits,
                        int dtype, int device, std::uintptr_t stream, float clip_ratio);
@@ -47,9 +47,10 @@ PYBIND11_MODULE(_C, m) {
         "whether the fused transform kernel handles X_r [n1, n2] (kron: Kronecker, else Hadamard)",
         pybind11::arg("n1"), pybind11::arg("n2"), pybind11::arg("kron"));
   m.def("quantize_act_hadamard", &modaq::quantize_act_hadamard,
-        "randomized Hadamard (K = m * p) fused with per-token quantization; left: H_m^T A fragments (m > 1)",
+        "randomized Hadamard (K = m * p) fused with per-token quantization; left / left_tf32: H_m^T as "
+        "bf16 m16n8k16 / tf32 m16n8k8 A fragments (m > 1)",
         pybind11::arg("x"), pybind11::arg("smooth"), pybind11::arg("signs"), pybind11::arg("left"),
-        pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("M"), pybind11::arg("m"), pybind11::arg("p"),
+        pybind11::arg("left_tf32"), pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("M"), pybind11::arg("m"), pybind11::arg("p"),
         pybind11::arg("bits"), pybind11::arg("dtype"), pybind11::arg("device"), pybind11::arg("stream"),
         pybind11::arg("clip_ratio") = 1.0f);
   m.def("quantize_act_kron", &modaq::quantize_act_kron,

@@ -1,6 +1,7 @@
-// Device helpers shared by the activation quantizers (quantize_act.cu, quantize_act_transform.cu):
-// the per-element quantizer, the half-block-paired int4 layout, 16-byte vector loads, and the
-// bf16 term splitting + mma.sync used by the online transforms.
+// Device helpers shared by the activation quantizers (quantize_act.cu, quantize_act_hadamard.cu,
+// quantize_act_transform.cu): the per-element quantizer, the half-block-paired int4 layout,
+// 16-byte vector loads, the first FWHT stages, and the bf16 / tf32 mma.sync used by the online
+// transforms.
 #pragma once
 
 #include "common.cuh"
@@ -74,6 +75,21 @@ __device__ __forceinline__ uint2 quantize8(const float (&f)[8], float inv, int q
   return make_uint2(w[0], w[1]);
 }
 
+// Butterflies of FWHT stages h = 1, 2, 4 on 8 consecutive values of one row (p >= 8).
+__device__ __forceinline__ void fwht8(float (&f)[8]) {
+#pragma unroll
+  for (int h = 1; h < 8; h <<= 1) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      if (!(j & h)) {
+        const float a = f[j], b = f[j + h];
+        f[j] = a + b;
+        f[j + h] = a - b;
+      }
+    }
+  }
+}
+
 // ------------------------------------------------------------------ tensor-core helpers
 // x = t0 + t1 + t2 with each term a bf16 (8 significant bits each: the sum carries 24 bits,
 // i.e. fp32 precision for normal numbers).  Products of an exact operand with the three
@@ -94,6 +110,21 @@ __device__ __forceinline__ uint32_t pack_bf16x2(uint16_t lo, uint16_t hi) {
   return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
 }
 
+// An mma operand fragment of REGS registers (v: its 2 * REGS fp32 values, pairs in register
+// order) split into TERMS bf16 terms: out[t] is term t packed as mma_bf16_16816 takes it (A:
+// REGS = 4, B: REGS = 2).
+template <int TERMS, int REGS>
+__device__ __forceinline__ void split_fragment(const float (&v)[2 * REGS], uint32_t (&out)[TERMS][REGS]) {
+#pragma unroll
+  for (int r = 0; r < REGS; ++r) {
+    uint16_t lo[TERMS], hi[TERMS];
+    split_bf16<TERMS>(v[2 * r], lo);
+    split_bf16<TERMS>(v[2 * r + 1], hi);
+#pragma unroll
+    for (int t = 0; t < TERMS; ++t) out[t][r] = pack_bf16x2(lo[t], hi[t]);
+  }
+}
+
 // D += A (16x16 bf16, row) * B (16x8 bf16, col), fp32 accumulate.
 // Fragments (g = lane / 4, c = lane % 4): a = {A[g][2c..], A[g+8][2c..], A[g][2c+8..],
 // A[g+8][2c+8..]}, b = {B[2c..][g], B[2c+8..][g]}, d = {C[g][2c], C[g][2c+1], C[g+8][2c],
@@ -101,6 +132,17 @@ __device__ __forceinline__ uint32_t pack_bf16x2(uint16_t lo, uint16_t hi) {
 __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// D += A (16x8 tf32, row) * B (8x8 tf32, col), fp32 accumulate.  Fragments: a = {A[g][c],
+// A[g+8][c], A[g][c+4], A[g+8][c+4]}, b = {B[c][g], B[c+4][g]}, d as in mma_bf16_16816; each
+// register one fp32 bit pattern of which the mma reads the top 19 bits.
+__device__ __forceinline__ void mma_tf32_1688(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
       "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));

@@ -13,20 +13,32 @@
 //          conflict free and every task's values sit at a constant stride.
 //          Butterflies in the reference's order (increasing h; a + b, a - b): bit-identical fp32.
 //   mix    m > 1: Y = H_m^T Z on the tensor cores, one warp per (token, 8-column strip) with all
-//          row tiles in registers; H_m (+-1) is one exact bf16 term, Z is split into 3 bf16
-//          terms (fp32-accurate), then times 1 / sqrt(K).
+//          row tiles in registers, then times 1 / sqrt(K).  H_m (+-1) is exact in one term; Z
+//          is split for fp32 accuracy: m <= 64 into 2 tf32 terms (m16n8k8), larger cores into
+//          3 bf16 terms (m16n8k16, fewer mmas where the mma count dominates).
 //   absmax in registers where the final values are made (the last FWHT pass for m = 1, the mix
 //          otherwise), one warp reduction and one shared atomic per task.
-//   quant  per 8-value chunk: scale, clamp, round by the 1.5 * 2^23 magic add (the same fp32
+//   quant  per 8-value chunk: scale, clamp (clip < 1), round by the 1.5 * 2^23 magic add (the same fp32
 //          operations as modaq.formats.quantize_act_sym), bytes packed with PRMT, 8-byte stores.
 // CTAs are persistent: a CTA takes groups of G tokens (G * K ~ 4096 values) in turn and issues
 // the global loads of its next group before transforming the current one, so every CTA keeps
 // one group of loads in flight through the barriers between the phases.
 //
-// History: the kernel this replaces (shared-memory FWHT passes in generic order, m <= 60 mixed
-// with fp32 FMAs, one token per CTA, no prefetch; cores > 60 on the transform kernel) ran at
-// 4-21% of the copy kernel's bandwidth on an H200 (int_gemm_NVIDIA_H200.md, 2026-11-30).
-#include "quantize_act_transform.cuh"
+// Measured on an H200 (int8 out, int_gemm_NVIDIA_H200_largeM.md), M = 1024 / 4096 / 16384, as a
+// share of the copy kernel's 4.14 TB/s: K = 4096 (m = 1) 27 / 31 / 33%, 3584 (28 x 128) 15-17%,
+// 14336 (28 x 512) 17-18%, 18944 (148 x 128) 10%, 1152 (36 x 32) 7-12%.  The kernels this one
+// replaced (generic shared-memory FWHT passes, m <= 60 mixed with fp32 FMAs one token per CTA,
+// larger cores on quantize_act_transform.cu's kernel) took 1.6x (4096), 1.1x (3584), 2.0x
+// (14336) and 2.3x (18944) as long.  At M = 1 a token is one CTA: 14336 in 14 us, 18944 in 28 us.
+// What limits it (ncu, first version, K = 3584 / 4096, M = 4096): instruction issue, not DRAM
+// (7-16% busy): 52 (m = 1) and 99 (m = 28) instructions per value at 16 warps per SM (128
+// registers: 2 CTAs), ~6.6 cycles between a warp's instructions, mostly fixed-latency
+// dependencies and barriers between the phases.  Since then: the tf32 mix, the mix's k steps
+// unrolled, the clamp dropped when clip = 1 (3584: 85 -> 67 us at M = 4096).  The tried
+// alternative, 3 CTAs per SM at 80 registers, spilled and was no faster.  Reaching 70% needs
+// ~25 instructions per value: fewer shared-memory round trips (FWHT stages across lanes done
+// in the mix's tensor-core pass) and more groups in flight per SM.
+#include "quantize_act_common.cuh"
 
 #include <cmath>
 #include <stdexcept>
@@ -47,12 +59,14 @@ constexpr int kGroupValues = 4096;        // G = max(1, kGroupValues / K) tokens
 constexpr int kMaxG = kGroupValues / 16;  // p >= 16 when m = 1, m >= 2 otherwise: K >= 16
 constexpr int kMaxChunks = 12 * kHT;      // 12 prefetched 16-byte chunks per thread at most
 constexpr size_t kHBufBudget = 112 * 1024;
+constexpr int kTf32MaxCore = 64;          // cores mixed with tf32 mmas (modaq.ops.fast_activation)
 
 struct HParams {
   const void* x;
   const float* smooth;  // [K] or null
   const float* signs;   // [K] or null
-  const uint4* left;    // A fragments of H_m^T (one bf16 term), m > 1
+  const uint4* left;    // A fragments of H_m^T: mma.m16n8k16 bf16 (m > kTf32MaxCore)
+  const uint4* left_tf32;  // mma.m16n8k8 tf32 (1 < m <= kTf32MaxCore)
   uint8_t* q;
   float* scale;
   int64_t M, groups;
@@ -147,7 +161,7 @@ __device__ __forceinline__ void store_group(const HParams& p, const uint4 (&raw)
 // visited 0, 2, 4, 6, 1, 3, 5, 7 within each 8 so that a warp's 4 rows are 2 * S apart (banks
 // 8 apart).  FINAL: these are the token's final values: fold them into the token absmax.
 template <int NB, bool ONE_PASS>
-__device__ void fwht_pass(const HParams& p, float* buf, int lo, bool final, unsigned* amax_bits) {
+__device__ void fwht_stage_pass(const HParams& p, float* buf, int lo, bool final, unsigned* amax_bits) {
   constexpr int V = 1 << NB;
   const int rows = ONE_PASS ? p.rows : p.G * p.m;
   const int tasks = (rows << p.log2p) >> NB;
@@ -195,21 +209,21 @@ __device__ void fwht_pass(const HParams& p, float* buf, int lo, bool final, unsi
 template <bool ONE_PASS>
 __device__ void fwht_dispatch(const HParams& p, float* buf, int lo, int nb, bool final, unsigned* amax_bits) {
   switch (nb) {
-    case 1: fwht_pass<1, ONE_PASS>(p, buf, lo, final, amax_bits); break;
-    case 2: fwht_pass<2, ONE_PASS>(p, buf, lo, final, amax_bits); break;
-    case 3: fwht_pass<3, ONE_PASS>(p, buf, lo, final, amax_bits); break;
-    case 4: fwht_pass<4, ONE_PASS>(p, buf, lo, final, amax_bits); break;
-    case 5: fwht_pass<5, ONE_PASS>(p, buf, lo, final, amax_bits); break;
-    default: fwht_pass<6, ONE_PASS>(p, buf, lo, final, amax_bits); break;
+    case 1: fwht_stage_pass<1, ONE_PASS>(p, buf, lo, final, amax_bits); break;
+    case 2: fwht_stage_pass<2, ONE_PASS>(p, buf, lo, final, amax_bits); break;
+    case 3: fwht_stage_pass<3, ONE_PASS>(p, buf, lo, final, amax_bits); break;
+    case 4: fwht_stage_pass<4, ONE_PASS>(p, buf, lo, final, amax_bits); break;
+    case 5: fwht_stage_pass<5, ONE_PASS>(p, buf, lo, final, amax_bits); break;
+    default: fwht_stage_pass<6, ONE_PASS>(p, buf, lo, final, amax_bits); break;
   }
 }
 
-__device__ void fwht_rows_hp(const HParams& p, float* buf, unsigned* amax_bits) {
+__device__ void fwht_token_rows(const HParams& p, float* buf, unsigned* amax_bits) {
   const bool final = p.m == 1;
   if (p.log2p <= 9) {
     if (p.log2p > 3) fwht_dispatch<true>(p, buf, 3, p.log2p - 3, final, amax_bits);
   } else {
-    fwht_pass<5, false>(p, buf, 3, false, amax_bits);
+    fwht_stage_pass<5, false>(p, buf, 3, false, amax_bits);
     __syncthreads();
     fwht_dispatch<false>(p, buf, 8, p.log2p - 8, final, amax_bits);
   }
@@ -217,6 +231,28 @@ __device__ void fwht_rows_hp(const HParams& p, float* buf, unsigned* amax_bits) 
 }
 
 // ------------------------------------------------------------------------- mix (m > 1)
+
+// The mix's output strip: Y = acc * mix_scale into rows i < m of this lane's two columns zc,
+// folded into the token's absmax (one warp reduction, one shared atomic).
+template <int MT>
+__device__ __forceinline__ void store_mix_strip(const HParams& p, float* zc, const float (&acc)[MT][4],
+                                                unsigned* token_amax) {
+  const int g = (threadIdx.x & 31) >> 2;
+  float mx = 0.f;
+#pragma unroll
+  for (int rt = 0; rt < MT; ++rt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int i = rt * 16 + g + 8 * h;
+      if (i >= p.m) continue;
+      const float y0 = acc[rt][2 * h] * p.mix_scale, y1 = acc[rt][2 * h + 1] * p.mix_scale;
+      *reinterpret_cast<float2*>(zc + i * p.S) = make_float2(y0, y1);
+      mx = max_abs_nan(max_abs_nan(mx, y0), y1);
+    }
+  }
+  const unsigned top = __reduce_max_sync(0xffffffffu, __float_as_uint(mx));
+  if ((threadIdx.x & 31) == 0) atomicMax(token_amax, top);
+}
 
 // Y = H_m^T Z * mix_scale in place, one warp per (token, 8-column strip), MT >= ceil(m / 16).
 template <int MT>
@@ -234,14 +270,7 @@ __device__ void mix_rows(const HParams& p, float* buf, unsigned* amax_bits) {
       const int k0 = ks * 16 + 2 * c;
       const float v[4] = {load(k0), load(k0 + 1), load(k0 + 8), load(k0 + 9)};
       uint32_t b[kTerms][2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        uint16_t lo[kTerms], hi[kTerms];
-        split_bf16<kTerms>(v[2 * r], lo);
-        split_bf16<kTerms>(v[2 * r + 1], hi);
-#pragma unroll
-        for (int t = 0; t < kTerms; ++t) b[t][r] = pack_bf16x2(lo[t], hi[t]);
-      }
+      split_fragment<kTerms, 2>(v, b);
 #pragma unroll
       for (int rt = 0; rt < MT; ++rt) {
         if (rt < mt) {
@@ -253,22 +282,43 @@ __device__ void mix_rows(const HParams& p, float* buf, unsigned* amax_bits) {
       }
     }
     __syncwarp();  // every lane's reads of this strip precede the writes
-    float* zc = zt + phys_col(p, ct * 8 + 2 * c);  // this lane's two output columns
-    float mx = 0.f;
+    store_mix_strip<MT>(p, zt + phys_col(p, ct * 8 + 2 * (lane & 3)), acc, amax_bits + tok);
+  }
+}
+
+// The same with tf32 mmas for small cores (MT <= 4 row tiles): Z splits into two tf32 terms,
+// hi = Z with the 13 low bits cleared and lo = Z - hi (exact), 2 instructions per value against
+// ~7 for three bf16 terms and their packing; the product error stays ~2^-22 of |Z|.  Twice the
+// mma count of the bf16 path (k = 8 per mma), which small cores can afford.
+template <int MT>
+__device__ void mix_rows_tf32(const HParams& p, float* buf, unsigned* amax_bits) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int ks_n = (p.m + 7) >> 3, strips = p.p >> 3, shift = p.log2p - 3;
+  for (int unit = warp; unit < p.G * strips; unit += kHWarps) {
+    const int tok = unit >> shift, ct = unit & (strips - 1);
+    float* zt = buf + tok * p.m * p.S;
+    const float* zn = zt + phys_col(p, ct * 8 + g);
+    float acc[MT][4] = {};
 #pragma unroll
-    for (int rt = 0; rt < MT; ++rt) {
-      if (rt >= mt) continue;
+    for (int ks = 0; ks < 2 * MT; ++ks) {  // unrolled: every k step's loads issue at once
+      if (ks >= ks_n) break;
+      const int k0 = ks * 8 + c;
+      const float z0 = k0 < p.m ? zn[k0 * p.S] : 0.f, z1 = k0 + 4 < p.m ? zn[(k0 + 4) * p.S] : 0.f;
+      const uint32_t hi[2] = {__float_as_uint(z0) & ~0x1FFFu, __float_as_uint(z1) & ~0x1FFFu};
+      const uint32_t lo[2] = {__float_as_uint(z0 - __uint_as_float(hi[0])),
+                              __float_as_uint(z1 - __uint_as_float(hi[1]))};
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int i = rt * 16 + g + 8 * h;
-        if (i >= p.m) continue;
-        const float y0 = acc[rt][2 * h] * p.mix_scale, y1 = acc[rt][2 * h + 1] * p.mix_scale;
-        *reinterpret_cast<float2*>(zc + i * p.S) = make_float2(y0, y1);
-        mx = max_abs_nan(max_abs_nan(mx, y0), y1);
+      for (int rt = 0; rt < MT; ++rt) {
+        if (rt * 16 < p.m) {
+          const uint4 f = __ldg(p.left_tf32 + static_cast<size_t>(rt * ks_n + ks) * 32 + lane);
+          const uint32_t a[4] = {f.x, f.y, f.z, f.w};
+          mma_tf32_1688(acc[rt], a, hi);
+          mma_tf32_1688(acc[rt], a, lo);
+        }
       }
     }
-    const unsigned top = __reduce_max_sync(0xffffffffu, __float_as_uint(mx));
-    if (lane == 0) atomicMax(amax_bits + tok, top);
+    __syncwarp();  // every lane's reads of this strip precede the writes
+    store_mix_strip<MT>(p, zt + phys_col(p, ct * 8 + 2 * (lane & 3)), acc, amax_bits + tok);
   }
 }
 
@@ -318,8 +368,13 @@ __device__ void quantize_group(const HParams& p, float* buf, const unsigned* ama
         float f[8];
         load8(src, f);
         uint32_t r[8];
+        if (p.clip < 1.f) {
 #pragma unroll
-        for (int j = 0; j < 8; ++j) r[j] = rounded_bits(f[j], inv, static_cast<float>(qmax));
+          for (int j = 0; j < 8; ++j) r[j] = rounded_bits(f[j], inv, static_cast<float>(qmax));
+        } else {  // |v| <= absmax: |v * inv| rounds to at most qmax, the clamp is a no-op
+#pragma unroll
+          for (int j = 0; j < 8; ++j) r[j] = __float_as_uint(__fmul_rn(f[j], inv) + 12582912.f);  // no FMA
+        }
         out.x = __byte_perm(__byte_perm(r[0], r[1], 0x0040), __byte_perm(r[2], r[3], 0x0040), 0x5410);
         out.y = __byte_perm(__byte_perm(r[4], r[5], 0x0040), __byte_perm(r[6], r[7], 0x0040), 0x5410);
       }
@@ -381,9 +436,12 @@ __global__ void __launch_bounds__(kHT, 2) hadamard_quantize_kernel(HParams p) {
     store_group<T, U>(p, raw, buf);
     if (group + gridDim.x < p.groups) load_group<U>(p, group + gridDim.x, raw);  // in flight meanwhile
     __syncthreads();
-    fwht_rows_hp(p, buf, amax_bits);
-    if constexpr (MT > 0) {
+    fwht_token_rows(p, buf, amax_bits);
+    if constexpr (MT > 4) {
       mix_rows<MT>(p, buf, amax_bits);
+      __syncthreads();
+    } else if constexpr (MT > 0) {
+      mix_rows_tf32<MT>(p, buf, amax_bits);
       __syncthreads();
     }
     quantize_group<BITS, MT == 0>(p, buf, amax_bits, group * p.G);
@@ -414,8 +472,8 @@ size_t row_stride(int p2) {
 }  // namespace
 
 void quantize_act_hadamard(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t signs, std::uintptr_t left,
-                           std::uintptr_t q, std::uintptr_t scale, int64_t M, int m, int p2, int bits, int dtype,
-                           int device, std::uintptr_t stream, float clip_ratio) {
+                           std::uintptr_t left_tf32, std::uintptr_t q, std::uintptr_t scale, int64_t M, int m,
+                           int p2, int bits, int dtype, int device, std::uintptr_t stream, float clip_ratio) {
   if (bits != 4 && bits != 8) throw std::invalid_argument("modaq._C.quantize_act_hadamard: bits must be 4 or 8");
   if (m < 1 || p2 < 1 || (p2 & (p2 - 1)) != 0)
     throw std::invalid_argument("modaq._C.quantize_act_hadamard: m must be >= 1 and p a power of two");
@@ -425,7 +483,8 @@ void quantize_act_hadamard(std::uintptr_t x, std::uintptr_t smooth, std::uintptr
   const bool one_pass = p2 <= 512;
   const int rows = one_pass ? (G * m + 7) / 8 * 8 : G * m;
   const size_t smem = static_cast<size_t>(rows) * row_stride(p2) * sizeof(float);
-  const bool fits = p2 >= 8 && (m > 1 || p2 >= 16) && m <= 176 && (m == 1 || left != 0) &&
+  const bool fits = p2 >= 8 && (m > 1 || p2 >= 16) && m <= 176 &&
+                    (m == 1 || (m <= kTf32MaxCore ? left_tf32 : left) != 0) &&
                     G * K / 8 <= kMaxChunks && smem <= kHBufBudget && aligned16(x) && aligned16(smooth) &&
                     aligned16(signs);
   if (!fits) {
@@ -438,6 +497,7 @@ void quantize_act_hadamard(std::uintptr_t x, std::uintptr_t smooth, std::uintptr
   p.smooth = reinterpret_cast<const float*>(smooth);
   p.signs = reinterpret_cast<const float*>(signs);
   p.left = reinterpret_cast<const uint4*>(left);
+  p.left_tf32 = reinterpret_cast<const uint4*>(left_tf32);
   p.q = reinterpret_cast<uint8_t*>(q);
   p.scale = reinterpret_cast<float*>(scale);
   p.M = M;

@@ -5,10 +5,10 @@
 // Each token x (a row of K = n1 * n2 values) is viewed as X_r [n1, n2] (row-major) and
 // transformed to Y_r = L^T (X_r R):
 //   Hadamard  (x * signs) @ H_K / sqrt(K), H_K = H_m (x) S_p  (modaq.hadamard): n1 = m, n2 = p.
-//             Only the sizes quantize_act_hadamard.cu's register kernel does not take (core
-//             m > 60, p < 8, a token over its shared-memory budget, inputs not 16-byte aligned)
-//             come here.  X_r S_p is a fast Walsh-Hadamard transform of each row, done on the
-//             CUDA cores with the reference's butterfly order (bit-identical fp32); L = H_m
+//             Only the sizes quantize_act_hadamard.cu's kernel does not take (p < 8, a token
+//             over its shared-memory budget, inputs not 16-byte aligned) come here.  X_r S_p is
+//             a fast Walsh-Hadamard transform of each row, done on the CUDA cores with the
+//             reference's butterfly order (bit-identical fp32); L = H_m
 //             (+-1, exact in bf16) multiplies on the tensor cores against the 3-term bf16 split
 //             of the FWHT output (fp32-accurate); the result times 1 / sqrt(K) as in the reference.
 //   Kronecker x @ (P1 (x) P2) = P1^T X_r P2: both products on the tensor cores, both operands
@@ -125,14 +125,7 @@ __device__ void right_multiply(const Params& p, float* buf) {
         const float v[8] = {load(i0, k0), load(i0, k0 + 1), load(i0 + 8, k0), load(i0 + 8, k0 + 1),
                             load(i0, k0 + 8), load(i0, k0 + 9), load(i0 + 8, k0 + 8), load(i0 + 8, k0 + 9)};
         uint32_t a[kTerms][4];
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          uint16_t lo[kTerms], hi[kTerms];
-          split_bf16<kTerms>(v[2 * r], lo);
-          split_bf16<kTerms>(v[2 * r + 1], hi);
-#pragma unroll
-          for (int t = 0; t < kTerms; ++t) a[t][r] = pack_bf16x2(lo[t], hi[t]);
-        }
+        split_fragment<kTerms, 4>(v, a);
 #pragma unroll
         for (int j = 0; j < kStage1Chunk; ++j) {
           const int nt = nc + j;
@@ -182,14 +175,7 @@ __device__ void left_multiply(const Params& p, float* buf) {
       const int k0 = ks * 16 + 2 * c;
       const float v[4] = {load(k0), load(k0 + 1), load(k0 + 8), load(k0 + 9)};
       uint32_t b[kTerms][2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        uint16_t lo[kTerms], hi[kTerms];
-        split_bf16<kTerms>(v[2 * r], lo);
-        split_bf16<kTerms>(v[2 * r + 1], hi);
-#pragma unroll
-        for (int t = 0; t < kTerms; ++t) b[t][r] = pack_bf16x2(lo[t], hi[t]);
-      }
+      split_fragment<kTerms, 2>(v, b);
 #pragma unroll
       for (int rt = 0; rt < MT; ++rt) {
         if (rt < mt) {
@@ -322,7 +308,7 @@ bool transform_fits(int n1, int n2, bool kron) {
   return n1 >= 1 && n2 >= 1 && (n1 + 15) / 16 <= max_row_tiles(kron) && token_bytes(n1, n2) <= kMaxTokenBytes;
 }
 
-// The tensor-core Hadamard (any core up to 176; quantize_act_hadamard.cu sends it cores > 60).
+// The tensor-core Hadamard (any core up to 176; quantize_act_hadamard.cu sends it what it does not take).
 void quantize_act_hadamard_tc(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t signs,
                               std::uintptr_t left, std::uintptr_t q, std::uintptr_t scale, int64_t M,
                               int m, int p2, int bits, int dtype, int device, std::uintptr_t stream,

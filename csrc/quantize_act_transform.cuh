@@ -1,6 +1,6 @@
 // Shared device code of the fused transform + quantization kernels (quantize_act_transform.cu:
-// Kronecker and large-core Hadamard on the tensor cores; quantize_act_hadamard.cu: the
-// register / shuffle Hadamard for cores m <= 60): launch parameters, the fp32 token buffer in
+// Kronecker, and the Hadamard sizes quantize_act_hadamard.cu does not take): launch parameters,
+// the fp32 token buffer in
 // shared memory ([tokens][n1][s], s = n2 padded), the FWHT butterflies in the reference's order,
 // and the per-token quantization of that buffer.
 #pragma once
@@ -22,7 +22,6 @@ struct Params {
   const float* signs;   // [K] or null (Hadamard only)
   const uint4* left;    // A fragments of L^T
   const uint2* right;   // B fragments of R (Kronecker only)
-  const float* core;    // H_m^T [m][m] fp32 (the register Hadamard kernel, m > 1)
   uint8_t* q;
   float* scale;
   int64_t M;
@@ -37,21 +36,6 @@ __host__ __device__ inline int padded_stride(int n2) { return n2 + ((4 - n2) % 1
 
 // fp32 buffer bytes of one token ([n1][padded n2])
 inline size_t token_bytes(int n1, int n2) { return static_cast<size_t>(n1) * padded_stride(n2) * sizeof(float); }
-
-// Butterflies of FWHT stages h = 1, 2, 4 on 8 consecutive values of one row (p >= 8).
-__device__ __forceinline__ void fwht8(float (&f)[8]) {
-#pragma unroll
-  for (int h = 1; h < 8; h <<= 1) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      if (!(j & h)) {
-        const float a = f[j], b = f[j + h];
-        f[j] = a + b;
-        f[j + h] = a - b;
-      }
-    }
-  }
-}
 
 // FWHT stages lo .. lo + nb - 1 (nb <= 4) of every row: each task holds the 2^nb values
 // whose index differs only in those bits and applies the butterflies in increasing h.

@@ -56,6 +56,6 @@ def test_extension_checks_its_arguments_before_touching_a_gpu():
     with pytest.raises(ValueError, match="multiple of group_size"):
         _C.weight_only_gemv(K=192, group_size=128, **woq)
     with pytest.raises(ValueError, match="bits must be 4 or 8"):
-        _C.quantize_act_hadamard(0, 0, 0, 0, 0, 0, M=4, m=1, p=4096, bits=3, dtype=0, device=0, stream=0)
+        _C.quantize_act_hadamard(0, 0, 0, 0, 0, 0, 0, M=4, m=1, p=4096, bits=3, dtype=0, device=0, stream=0)
     with pytest.raises(ValueError, match="p a power of two"):
-        _C.quantize_act_hadamard(0, 0, 0, 0, 0, 0, M=4, m=1, p=96, bits=8, dtype=0, device=0, stream=0)
+        _C.quantize_act_hadamard(0, 0, 0, 0, 0, 0, 0, M=4, m=1, p=96, bits=8, dtype=0, device=0, stream=0)

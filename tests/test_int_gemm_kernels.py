@@ -50,6 +50,31 @@ def test_paired_layout_rejects_bad_input():
         F.pack_a4(torch.zeros(1, 4, dtype=torch.int32))
 
 
+def test_tile_choice_takes_the_lowest_median_and_skips_configs_that_fail(monkeypatch):
+    """The tuner's decision on fake timings: one early lucky sample must not win."""
+    from modaq.triton_kernels import int_gemm as tk
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    ran = []
+
+    def run(cfg):
+        if cfg["name"] == "broken":
+            raise RuntimeError("does not build")
+        ran.append(cfg["name"])
+
+    samples = {"lucky": iter([1.0, 3.0, 3.1, 2.9, 3.0]), "steady": iter([2.0, 1.5, 1.4, 1.6, 1.5])}
+    key = ("test-key", id(samples))
+    cands = [{"name": "broken"}, {"name": "lucky"}, {"name": "steady"}]
+    try:
+        best = tk._choose(key, cands, run, None, timer=lambda run_, cfg: next(samples[cfg["name"]]))
+        assert best["name"] == "steady" and tk._CHOSEN[key] is best
+        assert ran == ["lucky", "steady"]  # each built candidate warmed up once; the fake timer runs nothing
+        assert tk._choose(key, cands, run, None) is best  # cached: no timing
+        with pytest.raises(RuntimeError, match="no tile config"):
+            tk._choose(("test-key-2",), [{"name": "broken"}], run, None)
+    finally:
+        tk._CHOSEN.pop(key, None)
+
+
 _INTERPRETER_SCRIPT = textwrap.dedent("""
     import torch
     from modaq import formats as F

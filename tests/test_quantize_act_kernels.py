@@ -60,6 +60,25 @@ def test_a_fragments_decode_to_the_matrix(rows, k):
     assert float(dec[rows:].abs().sum() + dec[:, k:].abs().sum()) == 0.0  # zero padding
 
 
+@pytest.mark.parametrize("rows,k", [(16, 8), (28, 28), (37, 20)])
+def test_tf32_a_fragments_decode_to_the_matrix(rows, k):
+    a = torch.randint(-1, 2, (rows, k)).float()
+    frags = mf.a_fragments_tf32(a)
+    assert frags.shape == (-(-rows // 16), -(-k // 8), 32, 4)
+    vals = frags.view(torch.float32)
+    dec = torch.zeros(frags.shape[0] * 16, frags.shape[1] * 8)
+    for lane in range(32):
+        g, c = lane // 4, lane % 4
+        for i in range(4):  # PTX m16n8k8 .tf32 A: a0 (g, c), a1 (g+8, c), a2 (g, c+4), a3 (g+8, c+4)
+            row, col = g + 8 * (i % 2), c + 4 * (i // 2)
+            for r in range(frags.shape[0]):
+                for s in range(frags.shape[1]):
+                    dec[r * 16 + row, s * 8 + col] = vals[r, s, lane, i]
+    assert torch.equal(dec[:rows, :k], a) and float(dec.abs().sum()) == float(a.abs().sum())
+    with pytest.raises(ValueError, match="exact in tf32"):
+        mf.a_fragments_tf32(torch.tensor([[1.0 + 2 ** -20]]))
+
+
 @pytest.mark.parametrize("k,n", [(16, 8), (16, 16), (20, 13)])
 def test_b_fragments_decode_to_the_matrix(k, n):
     b = torch.randn(k, n)

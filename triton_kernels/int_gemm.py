@@ -237,10 +237,27 @@ def _bucket(m: int) -> int:
     return m if m <= 16 else 1 << (m - 1).bit_length()
 
 
-def _choose(key, cands, run, fallback) -> dict:
-    """Time each candidate once it has compiled (3 launches, CUDA events), keep the fastest.
-    If none builds (e.g. a Triton without int8 wgmma from registers), use `fallback`: 4-bit
-    operands expanded to int8 in memory, then the W8 kernel.
+_TUNE_ROUNDS = 5  # timing rounds per candidate; the median decides
+
+
+def _cuda_ms(run, cfg) -> float:
+    """Milliseconds of 3 back-to-back launches of cfg, CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(3):
+        run(cfg)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def _choose(key, cands, run, fallback, timer=_cuda_ms) -> dict:
+    """Time the candidates that build, keep the one with the lowest median time.  The rounds
+    interleave the candidates so clock drift hits all alike; one 3-launch sample per candidate
+    picked a 2x slower tile on an H200 at M = 1024 in some runs
+    (benchmarks/results/int_gemm_NVIDIA_H200_largeM.md).  If none builds (e.g. a Triton without
+    int8 wgmma from registers), use `fallback`: 4-bit operands expanded to int8 in memory, then
+    the W8 kernel.
 
     Runs eagerly on the first call of a problem key (it synchronizes); under CUDA-graph capture
     an unseen key takes the first candidate without timing.
@@ -249,21 +266,19 @@ def _choose(key, cands, run, fallback) -> dict:
         return _CHOSEN[key]
     if torch.cuda.is_current_stream_capturing():
         return cands[0]
-    best, best_t = None, float("inf")
+    built = []
     for cfg in cands:
         try:
             run(cfg)  # compile + warm up
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(3):
-                run(cfg)
-            end.record()
-            end.synchronize()
-            t = start.elapsed_time(end)
         except Exception:  # noqa: BLE001  (config does not build / fit on this GPU: try the next)
             continue
-        if t < best_t:
-            best, best_t = cfg, t
+        built.append(cfg)
+    times = [[] for _ in built]
+    for _ in range(_TUNE_ROUNDS if len(built) > 1 else 0):
+        for i, cfg in enumerate(built):
+            times[i].append(timer(run, cfg))
+    medians = [sorted(t)[len(t) // 2] if t else 0.0 for t in times]
+    best = built[min(range(len(built)), key=medians.__getitem__)] if built else None
     if best is None and fallback is not None:
         run(fallback)  # raises if even the expanded W8 path cannot run
         best = fallback

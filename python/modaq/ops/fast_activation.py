@@ -3,7 +3,7 @@
 All three are one pass over X (csrc/quantize_act.cu, csrc/quantize_act_hadamard.cu,
 csrc/quantize_act_transform.cu).  The tensor-core transform kernels take their constant
 matrices pre-split into bf16 terms in mma fragment order (ops.mma_fragments): H_m once per
-(m, device), (P1, P2)
+(m, device) (also in tf32 order, for the small cores), (P1, P2)
 once per pair of tensors and tensor version (recomputed with torch ops, on the current stream,
 when a factor is modified in place).
 Factors beyond the fused kernel's limits (Hadamard core > 176, Kronecker n1 > 288, or a token
@@ -20,16 +20,17 @@ import torch
 
 from ..hadamard import hadamard_factors, hadamard_matrix
 from . import _cuda
-from .mma_fragments import a_fragments, b_fragments
+from .mma_fragments import a_fragments, a_fragments_tf32, b_fragments
 from ._registry import register_fast
 
 _TERMS = 3  # bf16 terms per split fp32 operand (must match kTerms in the kernel)
 
 
 @functools.lru_cache(maxsize=None)
-def _hadamard_left(m: int, device: torch.device) -> torch.Tensor:
-    """H_m^T as A fragments (exact +-1: one bf16 term)."""
-    return a_fragments(hadamard_matrix(m, dtype=torch.float32).t(), 1).to(device)
+def _hadamard_left(m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """H_m^T (exact +-1) as bf16 m16n8k16 A fragments (one term) and as tf32 m16n8k8 ones."""
+    core_t = hadamard_matrix(m, dtype=torch.float32).t()
+    return a_fragments(core_t, 1).to(device), a_fragments_tf32(core_t).to(device)
 
 
 _KRON_CACHE: dict[int, tuple] = {}  # id(left) -> (left ref, version, right ref, version, frags)
@@ -75,9 +76,9 @@ def quantize_act_cuda(x, bits, smooth, hadamard_signs, kron_left, kron_right, cl
     common = (bits, _cuda.DTYPE_CODE[x.dtype], dev, stream, float(clip_ratio))  # clip: fp32 in the kernel
     ptr = _cuda.ptr
     if hadamard_signs is not None:
-        left = _hadamard_left(core, x.device) if core > 1 else None
-        _cuda._C.quantize_act_hadamard(ptr(x), ptr(smooth), ptr(hadamard_signs), ptr(left), ptr(q), ptr(scale), m,
-                                       core, p, *common)
+        left, left_tf32 = _hadamard_left(core, x.device) if core > 1 else (None, None)
+        _cuda._C.quantize_act_hadamard(ptr(x), ptr(smooth), ptr(hadamard_signs), ptr(left), ptr(left_tf32), ptr(q),
+                                       ptr(scale), m, core, p, *common)
     elif kron_left is not None:
         left, right = _kron_fragments(kron_left, kron_right)
         _cuda._C.quantize_act_kron(ptr(x), ptr(smooth), ptr(left), ptr(right), ptr(q), ptr(scale), m,

@@ -12,6 +12,12 @@ fragment with one coalesced 16-byte (A) or 8-byte (B) access per lane:
 
 each register holding two bf16, the lower k (A: lower column) in the low 16 bits.  These are
 the PTX ISA fragment layouts of mma.m16n8k16 .row.col with .bf16 operands.
+
+An A operand exact in tf32 (here the +-1 Hadamard cores) also comes in mma.m16n8k8 .tf32 order,
+one fp32 bit pattern per register (a_fragments_tf32):
+
+  A [rows, k]: int32 [rows/16][k/8][32 lanes][4 regs]
+      lane = 4 g + c holds A[g][c], A[g+8][c], A[g][c+4], A[g+8][c+4]
 """
 from __future__ import annotations
 
@@ -54,6 +60,24 @@ def a_fragments(a: torch.Tensor, terms: int) -> torch.Tensor:
         tiles = t.reshape(rt, 16, ks, 16).permute(0, 2, 1, 3)  # [rt, ks, 16, 16]
         parts.append(tiles[:, :, row_idx, col_idx])  # [rt, ks, 32, 4, 2]
     return _as_regs(torch.stack(parts, dim=2))
+
+
+def a_fragments_tf32(a: torch.Tensor) -> torch.Tensor:
+    """A operand [rows, k] (fp32, exact in tf32) -> int32 [rows/16, k/8, 32, 4] (padded)."""
+    rows, k = a.shape
+    if not torch.equal(a.float(), _tf32(a.float())):
+        raise ValueError("a_fragments_tf32: a must be exact in tf32 (10 mantissa bits)")
+    rt, ks = -(-rows // 16), -(-k // 8)
+    lane = torch.arange(32, device=a.device)
+    g, c = (lane // 4)[:, None], (lane % 4)[:, None]
+    reg = torch.arange(4, device=a.device)[None, :]
+    tiles = _pad(a, rt * 16, ks * 8).reshape(rt, 16, ks, 8).permute(0, 2, 1, 3)  # [rt, ks, 16, 8]
+    return tiles[:, :, g + 8 * (reg % 2), c + 4 * (reg // 2)].contiguous().view(torch.int32)
+
+
+def _tf32(x: torch.Tensor) -> torch.Tensor:
+    """x with the 13 low significand bits cleared (what a tf32 mma operand keeps)."""
+    return (x.contiguous().view(torch.int32) & ~0x1FFF).view(torch.float32)
 
 
 def b_fragments(b: torch.Tensor, terms: int) -> torch.Tensor:
