@@ -176,6 +176,34 @@ def test_hadamard_model_sizes(dtype, k):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("k", [12 * 1024, 20 * 1024, 12 * 2048, 172 * 128])
+def test_hadamard_wide_rows_with_a_core(k):
+    """p >= 1024 with m > 1: the two FWHT passes over padded rows feeding the tensor-core mix
+    (and 172 * 128, the largest core, with every prefetch register in use)."""
+    x = _inputs(9, k, torch.bfloat16, seed=k)
+    kw = {"hadamard_signs": random_signs(k, seed=4), "smooth": torch.rand(k) + 0.5}
+    _compare(x, 8, kw, exact=False, max_flip=1e-4)
+    _compare(x, 4, kw, exact=False, max_flip=1e-4, clip=0.9)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k", [4096, 3584])
+def test_hadamard_unaligned_input_takes_the_fallback_kernel(k):
+    x = _inputs(5, k, torch.float16, seed=k)
+    storage = torch.empty(x.numel() + 1, dtype=x.dtype, device="cuda")
+    unaligned = storage[1:].view(5, k)  # contiguous, 2 bytes off a 16-byte boundary
+    unaligned.copy_(x)
+    signs = random_signs(k, seed=5)
+    for bits in (8, 4):
+        q, s = ops.quantize_act(unaligned, bits, hadamard_signs=signs.cuda())
+        q_ref, s_ref = R.quantize_act(x, bits, hadamard_signs=signs)
+        unpack = F.unpack_a4 if bits == 4 else (lambda t: t)
+        diff = (unpack(q.cpu()).int() - unpack(q_ref).int()).abs()
+        assert torch.allclose(s.cpu(), s_ref, rtol=1e-5, atol=0) and int(diff.max()) <= 1
+        assert float((diff > 0).float().mean()) < 1e-3
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("k", [4096, 1152, 512])
 def test_hadamard_many_tokens_per_launch(k):
     """Hundreds of tokens: many CTAs, several tokens per CTA and a partly filled last CTA."""
