@@ -75,19 +75,36 @@ __device__ __forceinline__ uint2 quantize8(const float (&f)[8], float inv, int q
   return make_uint2(w[0], w[1]);
 }
 
-// Butterflies of FWHT stages h = 1, 2, 4 on 8 consecutive values of one row (p >= 8).
-__device__ __forceinline__ void fwht8(float (&f)[8]) {
+// FWHT butterflies over the 2^NB values of v whose indices differ in NB consecutive index bits,
+// in the reference's order (stage h = 1, 2, 4, ..., each pair a, b -> a + b, a - b).
+template <int NB>
+__device__ __forceinline__ void fwht_registers(float (&v)[1 << NB]) {
 #pragma unroll
-  for (int h = 1; h < 8; h <<= 1) {
+  for (int h = 1; h < (1 << NB); h <<= 1) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
+    for (int j = 0; j < (1 << NB); ++j) {
       if (!(j & h)) {
-        const float a = f[j], b = f[j + h];
-        f[j] = a + b;
-        f[j + h] = a - b;
+        const float a = v[j], b = v[j + h];
+        v[j] = a + b;
+        v[j + h] = a - b;
       }
     }
   }
+}
+
+// A Hadamard token's 16-byte chunk at k: (x / smooth) * signs, then FWHT stages h = 1, 2, 4
+// (smooth, signs: [K] or null).
+template <typename T>
+__device__ __forceinline__ void hadamard_chunk8(const uint4& raw, const float* smooth, const float* signs, int64_t k,
+                                                float (&f)[8]) {
+  smoothed8<T>(raw, smooth, k, f);
+  if (signs) {
+    const float4 s0 = __ldg(reinterpret_cast<const float4*>(signs + k));
+    const float4 s1 = __ldg(reinterpret_cast<const float4*>(signs + k) + 1);
+    f[0] *= s0.x; f[1] *= s0.y; f[2] *= s0.z; f[3] *= s0.w;
+    f[4] *= s1.x; f[5] *= s1.y; f[6] *= s1.z; f[7] *= s1.w;
+  }
+  fwht_registers<3>(f);
 }
 
 // ------------------------------------------------------------------ tensor-core helpers

@@ -59,7 +59,7 @@ constexpr int kGroupValues = 4096;        // G = max(1, kGroupValues / K) tokens
 constexpr int kMaxG = kGroupValues / 16;  // p >= 16 when m = 1, m >= 2 otherwise: K >= 16
 constexpr int kMaxChunks = 12 * kHT;      // 12 prefetched 16-byte chunks per thread at most
 constexpr size_t kHBufBudget = 112 * 1024;
-constexpr int kTf32MaxCore = 64;          // cores mixed with tf32 mmas (modaq.ops.fast_activation)
+constexpr int kTf32MaxCore = 64;          // cores mixed with tf32 mmas (left_tf32), larger with bf16
 
 struct HParams {
   const void* x;
@@ -141,14 +141,7 @@ __device__ __forceinline__ void store_group(const HParams& p, const uint4 (&raw)
     float* dst = chunk_ptr(p, buf, c, g);
     const int k = (c - g * (p.K >> 3)) * 8;
     float f[8];
-    smoothed8<T>(raw[u], p.smooth, k, f);
-    if (p.signs) {
-      const float4 s0 = __ldg(reinterpret_cast<const float4*>(p.signs + k));
-      const float4 s1 = __ldg(reinterpret_cast<const float4*>(p.signs + k) + 1);
-      f[0] *= s0.x; f[1] *= s0.y; f[2] *= s0.z; f[3] *= s0.w;
-      f[4] *= s1.x; f[5] *= s1.y; f[6] *= s1.z; f[7] *= s1.w;
-    }
-    fwht8(f);
+    hadamard_chunk8<T>(raw[u], p.smooth, p.signs, k, f);
     reinterpret_cast<float4*>(dst)[0] = make_float4(f[0], f[1], f[2], f[3]);
     reinterpret_cast<float4*>(dst)[1] = make_float4(f[4], f[5], f[6], f[7]);
   }
@@ -181,17 +174,7 @@ __device__ void fwht_stage_pass(const HParams& p, float* buf, int lo, bool final
     if (in) {
 #pragma unroll
       for (int j = 0; j < V; ++j) v[j] = r[col + j * stride];
-#pragma unroll
-      for (int st = 0; st < NB; ++st) {
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-          if (!(j & (1 << st))) {
-            const float a = v[j], b = v[j + (1 << st)];
-            v[j] = a + b;
-            v[j + (1 << st)] = a - b;
-          }
-        }
-      }
+      fwht_registers<NB>(v);
 #pragma unroll
       for (int j = 0; j < V; ++j) r[col + j * stride] = v[j];
     }

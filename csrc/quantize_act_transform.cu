@@ -59,14 +59,7 @@ __device__ int load_tokens(const Params& p, float* buf) {
       float f[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
       if (row0 + tok < p.M) {
         const uint4 raw = __ldg(reinterpret_cast<const uint4*>(x + (row0 + tok) * K + k));
-        smoothed8<T>(raw, p.smooth, k, f);
-        if (p.signs) {
-          const float4 s0 = __ldg(reinterpret_cast<const float4*>(p.signs + k));
-          const float4 s1 = __ldg(reinterpret_cast<const float4*>(p.signs + k) + 1);
-          f[0] *= s0.x; f[1] *= s0.y; f[2] *= s0.z; f[3] *= s0.w;
-          f[4] *= s1.x; f[5] *= s1.y; f[6] *= s1.z; f[7] *= s1.w;
-        }
-        fwht8(f);
+        hadamard_chunk8<T>(raw, p.smooth, p.signs, k, f);
       }
       const int b = k / p.n2, i = k - b * p.n2;
       float4* dst = reinterpret_cast<float4*>(buf + (tok * p.n1 + b) * p.s + i);
