@@ -14,14 +14,16 @@ namespace modaq {
 void quantize_act(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t q, std::uintptr_t scale,
                   int64_t M, int64_t K, int bits, int dtype, int device, std::uintptr_t stream,
                   float clip_ratio);
-// --- fused online transform + quantization (csrc/quantize_act_hadamard.cu, quantize_act_transform.cu)
-bool transform_fits(int n1, int n2, bool kron);
+// --- fused online transform + quantization (csrc/quantize_act_hadamard.cu, quantize_act_transform.cu,
+//     quantize_act_kron.cu)
+bool transform_fits(int n1, int n2);
+bool kron_fits(int n1, int n2, int device);
 void quantize_act_hadamard(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t signs, std::uintptr_t left,
                            std::uintptr_t left_tf32, std::uintptr_t q, std::uintptr_t scale, int64_t M, int m,
                            int p2, int bits, int dtype, int device, std::uintptr_t stream, float clip_ratio);
 void quantize_act_kron(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t left, std::uintptr_t right,
-                       std::uintptr_t q, std::uintptr_t scale, int64_t M, int n1, int n2, int bits,
-                       int dtype, int device, std::uintptr_t stream, float clip_ratio);
+                       std::uintptr_t consts, std::uintptr_t q, std::uintptr_t scale, int64_t M, int n1, int n2,
+                       int bits, int dtype, int device, std::uintptr_t stream, float clip_ratio);
 // --- weight-only W3A16 / W4A16 (csrc/weight_only_gemv.cu, csrc/weight_only_dequant.cu)
 void weight_only_gemv(std::uintptr_t x, std::uintptr_t qweight, std::uintptr_t scales, std::uintptr_t zeros,
                       std::uintptr_t bias, int bias_dtype, std::uintptr_t y, int64_t M, int64_t N, int64_t K,
@@ -44,8 +46,11 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("M"), pybind11::arg("K"), pybind11::arg("bits"), pybind11::arg("dtype"),
         pybind11::arg("device"), pybind11::arg("stream"), pybind11::arg("clip_ratio") = 1.0f);
   m.def("transform_fits", &modaq::transform_fits,
-        "whether the fused transform kernel handles X_r [n1, n2] (kron: Kronecker, else Hadamard)",
-        pybind11::arg("n1"), pybind11::arg("n2"), pybind11::arg("kron"));
+        "whether the shared-memory Hadamard kernel handles K = m * p (core m, power of two p)",
+        pybind11::arg("m"), pybind11::arg("p"));
+  m.def("kron_fits", &modaq::kron_fits,
+        "whether the fused Kronecker kernel handles X_r [n1, n2] on this device (shared memory)",
+        pybind11::arg("n1"), pybind11::arg("n2"), pybind11::arg("device"));
   m.def("quantize_act_hadamard", &modaq::quantize_act_hadamard,
         "randomized Hadamard (K = m * p) fused with per-token quantization; left / left_tf32: H_m^T as "
         "bf16 m16n8k16 / tf32 m16n8k8 A fragments (m > 1)",
@@ -54,9 +59,10 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("bits"), pybind11::arg("dtype"), pybind11::arg("device"), pybind11::arg("stream"),
         pybind11::arg("clip_ratio") = 1.0f);
   m.def("quantize_act_kron", &modaq::quantize_act_kron,
-        "Kronecker transform P1^T X_r P2 fused with per-token quantization (fragment operands)",
+        "Kronecker transform P1^T X_r P2 fused with per-token quantization; left / right: the scaled "
+        "factors as split-fp16 mma fragments, consts: their power-of-two scales (ops.fast_activation)",
         pybind11::arg("x"), pybind11::arg("smooth"), pybind11::arg("left"), pybind11::arg("right"),
-        pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("M"), pybind11::arg("n1"),
+        pybind11::arg("consts"), pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("M"), pybind11::arg("n1"),
         pybind11::arg("n2"), pybind11::arg("bits"), pybind11::arg("dtype"), pybind11::arg("device"),
         pybind11::arg("stream"), pybind11::arg("clip_ratio") = 1.0f);
   m.def("int_gemv", &modaq::int_gemv,

@@ -1,8 +1,7 @@
-// Shared device code of the fused transform + quantization kernels (quantize_act_transform.cu:
-// Kronecker, and the Hadamard sizes quantize_act_hadamard.cu does not take): launch parameters,
-// the fp32 token buffer in
-// shared memory ([tokens][n1][s], s = n2 padded), the FWHT butterflies in the reference's order,
-// and the per-token quantization of that buffer.
+// Device code of the shared-memory transform kernels: quantize_act_transform.cu (the Hadamard
+// sizes quantize_act_hadamard.cu does not take) keeps each token as fp32 [n1][s] (s = n2
+// padded) and runs the FWHT butterflies in the reference's order here; quantize_tokens, the
+// per-token quantization of such a buffer, also serves quantize_act_kron.cu.
 #pragma once
 
 #include "quantize_act_common.cuh"
@@ -19,13 +18,13 @@ constexpr size_t kMaxTokenBytes = 200 * 1024;
 struct Params {
   const void* x;
   const float* smooth;  // [K] or null
-  const float* signs;   // [K] or null (Hadamard only)
-  const uint4* left;    // A fragments of L^T
-  const uint2* right;   // B fragments of R (Kronecker only)
+  const float* signs;   // [K] or null
+  const uint4* left;    // A fragments of H_m^T
   uint8_t* q;
   float* scale;
   int64_t M;
   int n1, n2, s, tokens;
+  int token_stride;     // floats between two tokens in the buffer (n1 * s)
   bool vec;             // n2 % 8 == 0 and 16-byte aligned x / smooth / signs
   float stage2_scale;   // multiplies L^T Z (1 / sqrt(K) for Hadamard with m > 1)
   float final_scale;    // multiplies the values before quantization (1 / sqrt(K) when m = 1)
@@ -79,23 +78,28 @@ __device__ void fwht_rows(const Params& p, float* buf, int done) {
 
 // ------------------------------------------------------------------ quantization
 
-__device__ __forceinline__ float value_at(const Params& p, const float* tok_buf, int k) {
+template <typename P>
+__device__ __forceinline__ float value_at(const P& p, const float* tok_buf, int k) {
   const int b = k / p.n2;
   return tok_buf[b * p.s + (k - b * p.n2)] * p.final_scale;
 }
 
-template <int BITS>
-__device__ void quantize_tokens(const Params& p, const float* buf, const unsigned* amax_bits, const int* nan_flag) {
+// Quantize tokens row0 .. row0 + p.tokens - 1 (those < p.M) from buf: token t's values at
+// buf + t * p.token_stride, laid out [n1][p.s]; amax_bits / nan_flag per token.  P is any
+// parameter struct with these fields (Params, the Kronecker kernel's KronParams).
+template <int BITS, typename P>
+__device__ void quantize_tokens(const P& p, const float* buf, int64_t row0, const unsigned* amax_bits,
+                                const int* nan_flag) {
+  static_assert(kThreads == 256, "the loops below stride by 256 threads");
   constexpr int qmax = BITS == 8 ? 127 : 7;
   const int K = p.n1 * p.n2;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * p.tokens;
   const int t = static_cast<int>(threadIdx.x);
   if (t < p.tokens && row0 + t < p.M)
     p.scale[row0 + t] = token_scale(clipped_range(__uint_as_float(amax_bits[t]), p.clip), nan_flag[t], qmax);
   const bool vec8 = (p.n2 & 7) == 0;  // 8 consecutive k stay in one row of the buffer
   for (int tok = 0; tok < p.tokens && row0 + tok < p.M; ++tok) {
     const float inv = inv_scale(clipped_range(__uint_as_float(amax_bits[tok]), p.clip), nan_flag[tok], qmax);
-    const float* tb = buf + tok * p.n1 * p.s;
+    const float* tb = buf + static_cast<size_t>(tok) * p.token_stride;
     auto load8 = [&](int k, float (&f)[8]) {
       const int b = k / p.n2;
       const float4* src = reinterpret_cast<const float4*>(tb + b * p.s + (k - b * p.n2));

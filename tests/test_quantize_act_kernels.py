@@ -19,10 +19,10 @@ DTYPES = [torch.float16, torch.bfloat16]
 
 # ------------------------------------------------------------------ CPU: fragment layouts
 
-def _decode_a(frags: torch.Tensor) -> torch.Tensor:
+def _decode_a(frags: torch.Tensor, dtype=torch.bfloat16) -> torch.Tensor:
     """int32 [rt, ks, terms, 32, 4] -> fp32 [16 rt, 16 ks] (sum of terms), PTX m16n8k16 A."""
     rt, ks, terms = frags.shape[:3]
-    halves = frags.contiguous().view(torch.bfloat16).float()  # [rt, ks, terms, 32, 8]
+    halves = frags.contiguous().view(dtype).float()  # [rt, ks, terms, 32, 8]
     out = torch.zeros(rt * 16, ks * 16)
     for lane in range(32):
         g, c = lane // 4, lane % 4
@@ -35,10 +35,10 @@ def _decode_a(frags: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _decode_b(frags: torch.Tensor) -> torch.Tensor:
+def _decode_b(frags: torch.Tensor, dtype=torch.bfloat16) -> torch.Tensor:
     """int32 [nt, ks, terms, 32, 2] -> fp32 [16 ks, 8 nt], PTX m16n8k16 B."""
     nt, ks, terms = frags.shape[:3]
-    halves = frags.contiguous().view(torch.bfloat16).float()  # [nt, ks, terms, 32, 4]
+    halves = frags.contiguous().view(dtype).float()  # [nt, ks, terms, 32, 4]
     out = torch.zeros(ks * 16, nt * 8)
     for lane in range(32):
         g, c = lane // 4, lane % 4
@@ -88,12 +88,55 @@ def test_b_fragments_decode_to_the_matrix(k, n):
     assert torch.allclose(dec[:k, :n], b, rtol=1e-6, atol=0)
 
 
+def _kron_terms(left, right):
+    """kron_operands decoded: ([P1''^T hi, lo], [P2'' hi, lo]) as float64, and the consts."""
+    a, b, consts = mf.kron_operands(left, right)
+    b = b.permute(0, 1, 3, 2, 4)  # back to [nt, ks, terms, 32, 2]
+    lt = [_decode_a(a[:, :, t:t + 1], torch.float16).double() for t in range(2)]
+    r = [_decode_b(b[:, :, t:t + 1], torch.float16).double() for t in range(2)]
+    return lt, r, consts
+
+
+def _split_f16(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    hi = v.half()
+    return hi.double(), (v - hi.float()).half().double()
+
+
+@pytest.mark.parametrize("n1,n2", [(28, 16), (36, 32), (7, 9), (20, 48)])
+def test_kron_operands_emulated_match_the_reference(n1, n2):
+    """The kernel's arithmetic, emulated: tokens scaled by powers of two into [-2^14, 2^14],
+    every operand split into fp16 hi + lo, three term pairs per product; matches the fp32
+    reference to ~2^-20 of each token's range, and every split operand stays within 2^14."""
+    g = torch.Generator().manual_seed(n1 * n2)
+    left, right = torch.randn(n1, n1, generator=g) * 3e-3, torch.randn(n2, n2, generator=g) * 40.0
+    x = torch.randn(6, n1 * n2, generator=g) * torch.tensor([1e-6, 1.0, 3e4, 1e-3, 7.0, 1e5])[:, None]
+    x[:, 5] *= 100.0  # an outlier channel
+    lt, r, consts = _kron_terms(left, right)
+    n1p, n2p = lt[0].shape[0], r[0].shape[0]
+    assert (n1p, n2p) == (-(-n1 // 16) * 16, -(-n2 // 16) * 16) and lt[0].shape[1] == n1p and r[0].shape[1] == n2p
+    assert float(max(t.abs().max() for t in lt + r)) <= 2 ** 14
+    amax = x.abs().amax(1)
+    s = torch.ldexp(torch.ones(6), mf.DATA_MAX_EXP - mf._exponent_bound(amax))  # the kernel's data_scale
+    xs = torch.zeros(6, n1p, n2p)
+    xs[:, :n1, :n2] = (x * s[:, None]).view(6, n1, n2)
+    assert float(xs.abs().max()) <= 2 ** 14
+    xh, xl = _split_f16(xs)
+    z = (xh @ r[0] + xh @ r[1] + xl @ r[0]).float() * consts[0]
+    assert float(z.abs().max()) <= 2 ** 14
+    zh, zl = _split_f16(z)
+    y = (lt[0] @ zh + lt[0] @ zl + lt[1] @ zh).float() * (consts[1] / s)[:, None, None]
+    y = y[:, :n1, :n2].reshape(6, -1)
+    ref = R.kron_rows(x, left, right)
+    err = (y.double() - ref.double()).abs().amax(1) / ref.double().abs().amax(1)
+    assert float(err.max()) < 2 ** -20, err
+
+
 def test_three_bf16_terms_carry_fp32_precision():
     x = torch.randn(4096) * torch.logspace(-6, 6, 4096)
-    t = mf.split_bf16(x, 3)
+    t = mf.split_terms(x, 3)
     back = sum(p.double() for p in t)
     assert float(((back - x.double()).abs() / x.double().abs()).max()) < 2 ** -22
-    assert torch.equal(mf.split_bf16(torch.tensor([1.0, -1.0]), 1)[0].float(), torch.tensor([1.0, -1.0]))
+    assert torch.equal(mf.split_terms(torch.tensor([1.0, -1.0]), 1)[0].float(), torch.tensor([1.0, -1.0]))
 
 
 # --------------------------------------------------------------------------- GPU tests
@@ -226,6 +269,28 @@ def test_kron_factorizations(bits, dtype, n1, n2, clip):
     _compare(x, bits, kw, exact=False, clip=clip)
     kw["smooth"] = torch.rand(k, generator=g) + 0.5
     _compare(x, bits, kw, exact=False, clip=clip)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,n1,n2", [(3001, 64, 64), (302, 36, 32), (40, 148, 128), (77, 269, 16)])
+def test_kron_many_tokens_per_launch(m, n1, n2):
+    """More token groups than resident CTAs (the persistent loop), a partly filled last group,
+    and an input 2 bytes off a 16-byte boundary (the scalar load path)."""
+    k = n1 * n2
+    x = _inputs(m, k, torch.bfloat16, seed=k)
+    g = torch.Generator().manual_seed(k)
+    kw = {"kron_left": torch.randn(n1, n1, generator=g), "kron_right": torch.randn(n2, n2, generator=g),
+          "smooth": torch.rand(k, generator=g) + 0.5}
+    _compare(x, 4, kw, exact=False, max_flip=1e-4)
+    _compare(x, 8, kw, exact=False, max_flip=1e-4, clip=0.9)
+    storage = torch.empty(x.numel() + 1, dtype=x.dtype, device="cuda")
+    unaligned = storage[1:].view(m, k)
+    unaligned.copy_(x)
+    q, s = ops.quantize_act(unaligned, 8, **{a: t.cuda() for a, t in kw.items()})
+    q_ref, s_ref = R.quantize_act(x, 8, **kw)
+    assert torch.allclose(s.cpu(), s_ref, rtol=1e-5, atol=0)
+    diff = (q.cpu().int() - q_ref.int()).abs()
+    assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 1e-4
 
 
 @pytest.mark.gpu

@@ -1,13 +1,14 @@
 """CUDA (_C) backend of modaq::quantize_act: plain, randomized-Hadamard and Kronecker variants.
 
-All three are one pass over X (csrc/quantize_act.cu, csrc/quantize_act_hadamard.cu,
-csrc/quantize_act_transform.cu).  The tensor-core transform kernels take their constant
-matrices pre-split into bf16 terms in mma fragment order (ops.mma_fragments): H_m once per
-(m, device) (also in tf32 order, for the small cores), (P1, P2)
-once per pair of tensors and tensor version (recomputed with torch ops, on the current stream,
-when a factor is modified in place).
-Factors beyond the fused kernel's limits (Hadamard core > 176, Kronecker n1 > 288, or a token
-over 200 KB of fp32 in shared memory) run the reference.  Every variant takes the activation
+All three are one pass over X (csrc/quantize_act.cu, csrc/quantize_act_hadamard.cu with
+csrc/quantize_act_transform.cu for the sizes it does not take, csrc/quantize_act_kron.cu).
+The tensor-core transform kernels take their constant matrices pre-split in mma fragment
+order (ops.mma_fragments): H_m once per (m, device) (bf16, and tf32 for the small cores),
+(P1, P2) as scaled split-fp16 terms once per pair of tensors and tensor version (recomputed
+with torch ops, on the current stream, when a factor is modified in place).
+Factors beyond the fused kernels' limits (Hadamard core > 176 or a token over 200 KB of fp32;
+a Kronecker token whose padded fp16 planes exceed the device's shared memory, e.g. beyond
+about 160 x 160 on an H100) run the reference.  Every variant takes the activation
 clip ratio (a C++ float: rounded to fp32 as the reference rounds it) and multiplies each token's
 absmax by it before quantizing.
 """
@@ -20,11 +21,8 @@ import torch
 
 from ..hadamard import hadamard_factors, hadamard_matrix
 from . import _cuda
-from .mma_fragments import a_fragments, a_fragments_tf32, b_fragments
+from .mma_fragments import a_fragments, a_fragments_tf32, kron_operands
 from ._registry import register_fast
-
-_TERMS = 3  # bf16 terms per split fp32 operand (must match kTerms in the kernel)
-
 
 @functools.lru_cache(maxsize=None)
 def _hadamard_left(m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,8 +34,8 @@ def _hadamard_left(m: int, device: torch.device) -> tuple[torch.Tensor, torch.Te
 _KRON_CACHE: dict[int, tuple] = {}  # id(left) -> (left ref, version, right ref, version, frags)
 
 
-def _kron_fragments(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A fragments of P1^T, B fragments of P2), cached while neither tensor changes."""
+def _kron_fragments(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mma_fragments.kron_operands(P1, P2), cached while neither tensor changes."""
     hit = _KRON_CACHE.get(id(left))
     if hit is not None and hit[0]() is left and hit[1] == left._version and hit[2]() is right \
             and hit[3] == right._version:
@@ -45,14 +43,19 @@ def _kron_fragments(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tens
     if len(_KRON_CACHE) > 256:  # drop entries whose tensors are gone
         for key in [k for k, v in _KRON_CACHE.items() if v[0]() is None or v[2]() is None]:
             del _KRON_CACHE[key]
-    frags = (a_fragments(left.t(), _TERMS), b_fragments(right, _TERMS))
+    frags = kron_operands(left, right)
     _KRON_CACHE[id(left)] = (weakref.ref(left), left._version, weakref.ref(right), right._version, frags)
     return frags
 
 
 @functools.lru_cache(maxsize=None)
-def _fits(n1: int, n2: int, kron: bool) -> bool:
-    return bool(_cuda._C.transform_fits(n1, n2, kron))
+def _hadamard_fits(m: int, p: int) -> bool:
+    return bool(_cuda._C.transform_fits(m, p))
+
+
+@functools.lru_cache(maxsize=None)
+def _kron_fits(n1: int, n2: int, device: int) -> bool:
+    return bool(_cuda._C.kron_fits(n1, n2, device))
 
 
 @register_fast("quantize_act", "cuda", _cuda.available)
@@ -64,9 +67,9 @@ def quantize_act_cuda(x, bits, smooth, hadamard_signs, kron_left, kron_right, cl
     m, k = x.shape
     if hadamard_signs is not None:
         core, p = hadamard_factors(k)
-        if not _fits(core, p, False):
+        if not _hadamard_fits(core, p):
             return reference(*args)
-    elif kron_left is not None and not _fits(kron_left.shape[0], kron_right.shape[0], True):
+    elif kron_left is not None and not _kron_fits(kron_left.shape[0], kron_right.shape[0], x.device.index):
         return reference(*args)
     q = torch.empty(m, k // 2 if bits == 4 else k, dtype=torch.uint8 if bits == 4 else torch.int8, device=x.device)
     scale = torch.empty(m, dtype=torch.float32, device=x.device)
@@ -80,8 +83,8 @@ def quantize_act_cuda(x, bits, smooth, hadamard_signs, kron_left, kron_right, cl
         _cuda._C.quantize_act_hadamard(ptr(x), ptr(smooth), ptr(hadamard_signs), ptr(left), ptr(left_tf32), ptr(q),
                                        ptr(scale), m, core, p, *common)
     elif kron_left is not None:
-        left, right = _kron_fragments(kron_left, kron_right)
-        _cuda._C.quantize_act_kron(ptr(x), ptr(smooth), ptr(left), ptr(right), ptr(q), ptr(scale), m,
+        left, right, consts = _kron_fragments(kron_left, kron_right)
+        _cuda._C.quantize_act_kron(ptr(x), ptr(smooth), ptr(left), ptr(right), ptr(consts), ptr(q), ptr(scale), m,
                                    kron_left.shape[0], kron_right.shape[0], *common)
     else:
         _cuda._C.quantize_act(ptr(x), ptr(smooth), ptr(q), ptr(scale), m, k, *common)
