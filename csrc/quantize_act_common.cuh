@@ -154,6 +154,30 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// acc[rt] += H_m^T (exact in one bf16 term: A fragments [rt][ks][32 lanes] in `left`) times the
+// lane's 8-column strip (element k read by load(k), split into 3 bf16 terms): the fp32-accurate
+// H_m mix of one strip on the tensor cores, mt = ceil(m / 16) <= MT row tiles.
+template <int MT, typename Load>
+__device__ __forceinline__ void mix_strip_bf16(float (&acc)[MT][4], const uint4* left, int mt, Load&& load) {
+  constexpr int kTerms = 3;
+  const int lane = threadIdx.x & 31, c = lane & 3;
+  for (int ks = 0; ks < mt; ++ks) {
+    const int k0 = ks * 16 + 2 * c;
+    const float v[4] = {load(k0), load(k0 + 1), load(k0 + 8), load(k0 + 9)};
+    uint32_t b[kTerms][2];
+    split_fragment<kTerms, 2>(v, b);
+#pragma unroll
+    for (int rt = 0; rt < MT; ++rt) {
+      if (rt < mt) {
+        const uint4 f = __ldg(left + static_cast<size_t>(rt * mt + ks) * 32 + lane);
+        const uint32_t a[4] = {f.x, f.y, f.z, f.w};
+#pragma unroll
+        for (int t = 0; t < kTerms; ++t) mma_bf16_16816(acc[rt], a, b[t]);
+      }
+    }
+  }
+}
+
 // D += A (16x8 tf32, row) * B (8x8 tf32, col), fp32 accumulate.  Fragments: a = {A[g][c],
 // A[g+8][c], A[g][c+4], A[g+8][c+4]}, b = {B[c][g], B[c+4][g]}, d as in mma_bf16_16816; each
 // register one fp32 bit pattern of which the mma reads the top 19 bits.

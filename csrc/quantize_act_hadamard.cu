@@ -240,8 +240,7 @@ __device__ __forceinline__ void store_mix_strip(const HParams& p, float* zc, con
 // Y = H_m^T Z * mix_scale in place, one warp per (token, 8-column strip), MT >= ceil(m / 16).
 template <int MT>
 __device__ void mix_rows(const HParams& p, float* buf, unsigned* amax_bits) {
-  constexpr int kTerms = 3;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;
   const int mt = (p.m + 15) >> 4, strips = p.p >> 3, shift = p.log2p - 3;
   for (int unit = warp; unit < p.G * strips; unit += kHWarps) {
     const int tok = unit >> shift, ct = unit & (strips - 1);
@@ -249,21 +248,7 @@ __device__ void mix_rows(const HParams& p, float* buf, unsigned* amax_bits) {
     const float* zn = zt + phys_col(p, ct * 8 + g);  // this lane's B column
     auto load = [&](int k) -> float { return k < p.m ? zn[k * p.S] : 0.f; };
     float acc[MT][4] = {};
-    for (int ks = 0; ks < mt; ++ks) {
-      const int k0 = ks * 16 + 2 * c;
-      const float v[4] = {load(k0), load(k0 + 1), load(k0 + 8), load(k0 + 9)};
-      uint32_t b[kTerms][2];
-      split_fragment<kTerms, 2>(v, b);
-#pragma unroll
-      for (int rt = 0; rt < MT; ++rt) {
-        if (rt < mt) {
-          const uint4 f = __ldg(p.left + static_cast<size_t>(rt * mt + ks) * 32 + lane);
-          const uint32_t a[4] = {f.x, f.y, f.z, f.w};
-#pragma unroll
-          for (int t = 0; t < kTerms; ++t) mma_bf16_16816(acc[rt], a, b[t]);
-        }
-      }
-    }
+    mix_strip_bf16<MT>(acc, p.left, mt, load);
     __syncwarp();  // every lane's reads of this strip precede the writes
     store_mix_strip<MT>(p, zt + phys_col(p, ct * 8 + 2 * (lane & 3)), acc, amax_bits + tok);
   }

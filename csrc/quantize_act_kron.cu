@@ -37,9 +37,8 @@
 namespace modaq {
 namespace {
 
-constexpr int kKronThreads = 256;
-constexpr int kKronWarps = kKronThreads / 32;
-constexpr int kKronMaxGroup = 8;
+// CTA shape and group size: kThreads / kWarps / kMaxTokens of quantize_act_transform.cuh, whose
+// quantize_tokens strides by kThreads.
 constexpr size_t kKronGroupBytes = 110 * 1024;  // aim: 2 CTAs per SM where a token allows it
 constexpr int kDataMaxExp = 14;  // operands scaled to <= 2^14, clear of fp16's 65504 (mma_fragments.DATA_MAX_EXP)
 
@@ -56,7 +55,7 @@ struct KronParams {
   int n1p, n2p;         // padded to multiples of 16
   int s;                // row stride of every plane (halves) and of fp32 staging / Y (floats)
   int tokens;           // per group
-  int token_stride;     // floats between two tokens' Y (quantize_tokens)
+  int token_stride;     // floats per token in each of the two regions (n1p * s): staging / Z, X / Y
   bool vec;             // n2 % 8 == 0 and 16-byte aligned x / smooth
   float final_scale;    // 1: Y is stored already scaled
   float clip;
@@ -146,9 +145,9 @@ __device__ __forceinline__ float data_scale(float amax) {
 }
 
 struct GroupShared {
-  unsigned amax_in[kKronMaxGroup];
-  unsigned amax_out[kKronMaxGroup];
-  int nan_out[kKronMaxGroup];
+  unsigned amax_in[kMaxTokens];
+  unsigned amax_out[kMaxTokens];
+  int nan_out[kMaxTokens];
 };
 
 // ---------------------------------------------------------------------------- load + split
@@ -172,17 +171,17 @@ __device__ void load_group(const KronParams& p, int64_t row0, float* stage, Grou
   };
   if (p.vec) {
     const int per_token = K / 8, total = p.tokens * per_token;
-    for (int base = threadIdx.x; base < total; base += kLoadBatch * kKronThreads) {
+    for (int base = threadIdx.x; base < total; base += kLoadBatch * kThreads) {
       uint4 raw[kLoadBatch];
 #pragma unroll
       for (int u = 0; u < kLoadBatch; ++u) {
-        const int idx = base + u * kKronThreads, tok = idx / per_token;
+        const int idx = base + u * kThreads, tok = idx / per_token;
         if (idx < total && row0 + tok < p.M)
           raw[u] = ld_stream(x + (row0 + tok) * K + static_cast<int64_t>(idx - tok * per_token) * 8);
       }
 #pragma unroll
       for (int u = 0; u < kLoadBatch; ++u) {
-        const int idx = base + u * kKronThreads, tok = idx / per_token;
+        const int idx = base + u * kThreads, tok = idx / per_token;
         if (idx >= total || row0 + tok >= p.M) continue;
         const int k = (idx - tok * per_token) * 8;
         float f[8];
@@ -191,13 +190,13 @@ __device__ void load_group(const KronParams& p, int64_t row0, float* stage, Grou
 #pragma unroll
         for (int j = 0; j < 8; ++j) m = fmaxf(m, fabsf(f[j]));
         const int i = k / p.n2, j = k - i * p.n2;
-        float4* dst = reinterpret_cast<float4*>(stage + static_cast<size_t>(tok) * p.n1p * p.s + i * p.s + j);
+        float4* dst = reinterpret_cast<float4*>(stage + static_cast<size_t>(tok) * p.token_stride + i * p.s + j);
         dst[0] = make_float4(f[0], f[1], f[2], f[3]);
         dst[1] = make_float4(f[4], f[5], f[6], f[7]);
       }
     }
   } else {
-    for (int idx = threadIdx.x; idx < p.tokens * K; idx += kKronThreads) {
+    for (int idx = threadIdx.x; idx < p.tokens * K; idx += kThreads) {
       const int tok = idx / K, k = idx - tok * K;
       if (row0 + tok >= p.M) break;
       float v = to_float(x[(row0 + tok) * K + k]);
@@ -205,7 +204,7 @@ __device__ void load_group(const KronParams& p, int64_t row0, float* stage, Grou
       flush(tok);
       m = fmaxf(m, fabsf(v));
       const int i = k / p.n2;
-      stage[static_cast<size_t>(tok) * p.n1p * p.s + i * p.s + (k - i * p.n2)] = v;
+      stage[static_cast<size_t>(tok) * p.token_stride + i * p.s + (k - i * p.n2)] = v;
     }
   }
   flush(-1);
@@ -217,10 +216,10 @@ __device__ void split_group(const KronParams& p, int64_t row0, const float* stag
   const int chunks = p.n2p / 8, per_token = p.n1p * chunks;
   int sc_tok = -1;
   float sc = 1.f;
-  for (int idx = threadIdx.x; idx < p.tokens * per_token; idx += kKronThreads) {
+  for (int idx = threadIdx.x; idx < p.tokens * per_token; idx += kThreads) {
     const int tok = idx / per_token, rem = idx - tok * per_token;
     const int i = rem / chunks, j = (rem - i * chunks) * 8;
-    const float* st = stage + static_cast<size_t>(tok) * p.n1p * p.s + i * p.s + j;
+    const float* st = stage + static_cast<size_t>(tok) * p.token_stride + i * p.s + j;
     if (tok != sc_tok) {
       sc = data_scale(__uint_as_float(sh.amax_in[tok]));
       sc_tok = tok;
@@ -240,7 +239,7 @@ __device__ void split_group(const KronParams& p, int64_t row0, const float* stag
     split_f16x2(v[2], v[3], hi.y, lo.y);
     split_f16x2(v[4], v[5], hi.z, lo.z);
     split_f16x2(v[6], v[7], hi.w, lo.w);
-    __half* plane = xplanes + static_cast<size_t>(tok) * 2 * p.n1p * p.s;
+    __half* plane = xplanes + static_cast<size_t>(tok) * 2 * p.token_stride;
     *reinterpret_cast<uint4*>(plane + i * p.s + j) = hi;
     *reinterpret_cast<uint4*>(plane + (p.n1p + i) * p.s + j) = lo;
   }
@@ -254,9 +253,9 @@ __device__ void right_products(const KronParams& p, const __half* xplanes, __hal
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int rt_n = p.n1p / 16, nt_n = p.n2p / 8, ks_n = p.n2p / 16;
   const int tr_n = (rt_n + MT - 1) / MT, tc_n = (nt_n + NT - 1) / NT, tiles = tr_n * tc_n;
-  const size_t token_halves = static_cast<size_t>(2) * p.n1p * p.s;
+  const size_t token_halves = static_cast<size_t>(2) * p.token_stride;
   const float z_scale = __ldg(p.consts);
-  for (int unit = warp; unit < p.tokens * tiles; unit += kKronWarps) {
+  for (int unit = warp; unit < p.tokens * tiles; unit += kWarps) {
     const int tok = unit / tiles, tile = unit - tok * tiles;
     const int r0 = (tile / tc_n) * MT, c0 = (tile % tc_n) * NT;
     const __half* xh = xplanes + tok * token_halves;
@@ -307,9 +306,9 @@ __device__ void left_products(const KronParams& p, const __half* zplanes, float*
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int rt_n = p.n1p / 16, nt_n = p.n2p / 8, ks_n = p.n1p / 16;
   const int tr_n = (rt_n + MT - 1) / MT, tc_n = (nt_n + NT - 1) / NT, tiles = tr_n * tc_n;
-  const size_t token_halves = static_cast<size_t>(2) * p.n1p * p.s;
+  const size_t token_halves = static_cast<size_t>(2) * p.token_stride;
   const float out_scale = __ldg(p.consts + 1);
-  for (int unit = warp; unit < p.tokens * tiles; unit += kKronWarps) {
+  for (int unit = warp; unit < p.tokens * tiles; unit += kWarps) {
     const int tok = unit / tiles, tile = unit - tok * tiles;
     const int r0 = (tile / tc_n) * MT, c0 = (tile % tc_n) * NT;
     const __half* b_ptr = zplanes + tok * token_halves + (lane & 15) * p.s + (lane >> 4) * 8 + c0 * 8;
@@ -354,7 +353,7 @@ __device__ void left_products(const KronParams& p, const __half* zplanes, float*
       mma_tiles<MT, NT>(acc, ahi, alo, bhi, blo, m_valid, n_valid);
     }
     const float sc = out_scale / data_scale(__uint_as_float(sh.amax_in[tok]));
-    float* y = ybuf + tok * token_halves / 2;
+    float* y = ybuf + static_cast<size_t>(tok) * p.token_stride;
     float amax = 0.f;
     int nan = 0;
     for_each_pair(acc, r0, c0, m_valid, n_valid, [&](int row, int col, float v0, float v1) {
@@ -380,15 +379,15 @@ __device__ void left_products(const KronParams& p, const __half* zplanes, float*
 // ------------------------------------------------------------------------------- kernel
 
 template <typename T, int BITS, int MT, int NT>
-__global__ void __launch_bounds__(kKronThreads, 2) quantize_act_kron_kernel(KronParams p) {
+__global__ void __launch_bounds__(kThreads, 2) quantize_act_kron_kernel(KronParams p) {
   extern __shared__ float4 smem[];
   __half* xplanes = reinterpret_cast<__half*>(smem);  // X planes, then Y (fp32)
-  __half* zplanes = xplanes + static_cast<size_t>(p.tokens) * 2 * p.n1p * p.s;  // staging, then Z
+  __half* zplanes = xplanes + static_cast<size_t>(p.tokens) * 2 * p.token_stride;  // staging, then Z
   __shared__ GroupShared sh;
   const int64_t groups = (p.M + p.tokens - 1) / p.tokens;
   for (int64_t group = blockIdx.x; group < groups; group += gridDim.x) {
     const int64_t row0 = group * p.tokens;
-    if (threadIdx.x < kKronMaxGroup) {
+    if (threadIdx.x < kMaxTokens) {
       sh.amax_in[threadIdx.x] = 0u;
       sh.amax_out[threadIdx.x] = 0u;
       sh.nan_out[threadIdx.x] = 0;
@@ -414,11 +413,11 @@ void launch_kron(const KronParams& p, int device, cudaStream_t s) {
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
              "cudaFuncSetAttribute(quantize_act_kron)");
   int per_sm = 0;
-  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kKronThreads, smem),
+  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem),
              "cudaOccupancyMaxActiveBlocksPerMultiprocessor(quantize_act_kron)");
   const int64_t groups = (p.M + p.tokens - 1) / p.tokens;
   const int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(per_sm, 1)) * device_info(device).sms);
-  kernel<<<static_cast<unsigned>(grid), kKronThreads, smem, s>>>(p);
+  kernel<<<static_cast<unsigned>(grid), kThreads, smem, s>>>(p);
 }
 
 }  // namespace
@@ -451,8 +450,8 @@ void quantize_act_kron(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t l
   p.s = kron_stride(n2);
   const size_t per_token = kron_token_bytes(n1, n2);
   const int64_t fit = static_cast<int64_t>(kKronGroupBytes / per_token);
-  p.tokens = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({fit, kKronMaxGroup, M})));
-  p.token_stride = p.n1p * p.s;  // floats: one token's X planes
+  p.tokens = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({fit, kMaxTokens, M})));
+  p.token_stride = p.n1p * p.s;
   auto aligned = [](const void* ptr) { return (reinterpret_cast<std::uintptr_t>(ptr) & 15) == 0; };
   p.vec = (n2 % 8 == 0) && aligned(p.x) && aligned(p.smooth);
   p.final_scale = 1.f;

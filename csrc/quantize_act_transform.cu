@@ -32,7 +32,6 @@ bool transform_fits(int n1, int n2);
 
 namespace {
 
-constexpr int kTerms = 3;  // bf16 terms of the split FWHT output
 // ------------------------------------------------------------------- Hadamard: load + FWHT
 
 // X (* 1 / smooth, * signs) into shared memory; with 16-byte vectors the first three FWHT
@@ -75,8 +74,7 @@ __device__ int load_tokens(const Params& p, float* buf) {
 // ------------------------------------------------------------ tensor-core stages
 
 // Y = H_m^T Z in place, one warp per (token, 8-column strip), all n1 rows in registers
-// (MT >= ceil(n1 / 16) row tiles).  B fragments come from the strip in shared memory, split
-// into kTerms bf16 terms; A fragments (H_m^T, exact in one bf16 term) from the global array.
+// (MT >= ceil(n1 / 16) row tiles), the strip's B fragments read from shared memory.
 template <int MT>
 __device__ void left_multiply(const Params& p, float* buf) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
@@ -87,21 +85,7 @@ __device__ void left_multiply(const Params& p, float* buf) {
     const int n = ct * 8 + g;
     auto load = [&](int k) -> float { return (k < p.n1 && n < p.n2) ? zt[k * p.s + n] : 0.f; };
     float acc[MT][4] = {};
-    for (int ks = 0; ks < mt; ++ks) {
-      const int k0 = ks * 16 + 2 * c;
-      const float v[4] = {load(k0), load(k0 + 1), load(k0 + 8), load(k0 + 9)};
-      uint32_t b[kTerms][2];
-      split_fragment<kTerms, 2>(v, b);
-#pragma unroll
-      for (int rt = 0; rt < MT; ++rt) {
-        if (rt < mt) {
-          const uint4 f = __ldg(p.left + static_cast<size_t>(rt * mt + ks) * 32 + lane);
-          const uint32_t a[4] = {f.x, f.y, f.z, f.w};
-#pragma unroll
-          for (int t = 0; t < kTerms; ++t) mma_bf16_16816(acc[rt], a, b[t]);
-        }
-      }
-    }
+    mix_strip_bf16<MT>(acc, p.left, mt, load);
     __syncwarp();
     const int col = ct * 8 + 2 * c;
 #pragma unroll

@@ -105,7 +105,7 @@ def _exponent_bound(v: torch.Tensor) -> torch.Tensor:
     return (e - (mant == 0.5).to(e.dtype)).to(torch.int32)
 
 
-DATA_MAX_EXP = 14  # operands scaled to at most 2^14: clear of fp16's 65504 (kDataMax in the kernel)
+DATA_MAX_EXP = 14  # operands scaled to at most 2^14: clear of fp16's 65504 (kDataMaxExp in csrc/quantize_act_kron.cu)
 
 
 def kron_operands(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
