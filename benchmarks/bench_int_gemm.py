@@ -1,7 +1,7 @@
 """Integer-GEMM and quantize_act benchmark (one device run, baselines measured in the same run).
 
-GEMM: modaq W8A8 / W4A8 / W4A4 (GEMM alone, and the whole quantized linear = quantize_act +
-GEMM) against torch FP16 F.linear, torch._int_mm (cuBLAS int8) and torch._scaled_mm (FP8
+GEMM: modaq W8A8 / W4A8 / W4A4 (GEMM alone, and the whole quantized linear = ops.int_linear:
+quantize_act + GEMM, one fused kernel at decode sizes; at M <= 16 also the two kernels) against torch FP16 F.linear, torch._int_mm (cuBLAS int8) and torch._scaled_mm (FP8
 e4m3, per-tensor scales) on the 7B shapes (K x N) and SigLIP's, M in {1, 16, 1024, 4096,
 16384}.  quantize_act: GB/s (bytes read + written) of the plain, Hadamard and Kronecker
 variants vs a measured device-to-device copy.
@@ -105,11 +105,13 @@ def gemm_row(k: int, n: int, m: int) -> dict:
     record("w8a8_gemm", lambda i: ops.w8a8_gemm(xq8, xs8, w8s[i], s8), len(w8s))
     record("w4a8_gemm", lambda i: ops.w4a8_gemm(xq8, xs8, w4s[i], s4), len(w4s))
     record("w4a4_gemm", lambda i: ops.w4a4_gemm(xq4, xs4, w4s[i], s4), len(w4s))
-    record("w4a8_layer", lambda i: ops.w4a8_gemm(*ops.quantize_act(x, 8), w4s[i], s4), len(w4s))
-    record("w4a4_layer", lambda i: ops.w4a4_gemm(*ops.quantize_act(x, 4), w4s[i], s4), len(w4s))
+    record("w4a8_layer", lambda i: ops.int_linear(x, w4s[i], s4, a_bits=8, w_bits=4), len(w4s))
+    record("w4a4_layer", lambda i: ops.int_linear(x, w4s[i], s4, a_bits=4, w_bits=4), len(w4s))
     if m <= 16:  # the decode GEMV against the Triton GEMM it replaces, and its warp split
-        from modaq.ops.fast_int_gemm import int_gemv
+        from modaq.ops.fast_int_gemm import fused_fits, int_gemv
         from modaq.triton_kernels.int_gemm import int_gemm
+        row["layer_fused"] = fused_fits(x, None, w4s[0], n)
+        record("w4a8_layer_2k", lambda i: ops.w4a8_gemm(*ops.quantize_act(x, 8), w4s[i], s4), len(w4s))
         record("w4a8_triton", lambda i: int_gemm(xq8, xs8, w4s[i], s4, None, torch.float16, 8, 4), len(w4s))
         record("w8a8_triton", lambda i: int_gemm(xq8, xs8, w8s[i], s8, None, torch.float16, 8, 8), len(w8s))
         for wp in GEMV_WARPS:
@@ -119,7 +121,7 @@ def gemm_row(k: int, n: int, m: int) -> dict:
     if is_hadamard_size(k):
         signs = random_signs(k, 0, device=dev)
         record("w4a4_hadamard_layer",
-               lambda i: ops.w4a4_gemm(*ops.quantize_act(x, 4, hadamard_signs=signs), w4s[i], s4), len(w4s))
+               lambda i: ops.int_linear(x, w4s[i], s4, a_bits=4, w_bits=4, hadamard_signs=signs), len(w4s))
     base = row["fp16_linear"].get("us")
     for name, v in row.items():
         if isinstance(v, dict) and "us" in v and base:
@@ -165,10 +167,11 @@ def markdown(res: dict) -> str:
     if small:
         lines += ["", "## M <= 16: the integer GEMV (csrc/int_gemv.cu) vs the Triton GEMM tiles", "",
                   "us; `%bw` = bytes moved (int4 weights + activations + output) / time / copy bandwidth; "
-                  "`x` = speedup over FP16 F.linear; warps = the fastest forced warps per CTA (auto picks its own).", "",
-                  "| K x N | M | fp16 | triton w4a8 | w4a8 (x, %bw) | w4a4 (x) | w4a8 layer (x) | best warps (us) "
-                  "| triton w8a8 | w8a8 (x) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "`x` = speedup over FP16 F.linear; warps = the fastest forced warps per CTA (auto picks its own); "
+                  "layer = ops.int_linear (fused: quantize_act inside the GEMV), 2 kernels = quantize_act + GEMM.", "",
+                  "| K x N | M | fp16 | triton w4a8 | w4a8 (x, %bw) | w4a4 (x) | w4a8 layer (x) | fused | "
+                  "w4a8 2 kernels (x) | best warps (us) | triton w8a8 | w8a8 (x) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in small:
             def us(name):
                 v = r.get(name)
@@ -179,6 +182,8 @@ def markdown(res: dict) -> str:
                          f"{us('w4a8_gemm'):.1f} ({us('fp16_linear') / us('w4a8_gemm'):.2f}x, {100 * bw:.0f}%) | "
                          f"{us('w4a4_gemm'):.1f} ({us('fp16_linear') / us('w4a4_gemm'):.2f}x) | "
                          f"{us('w4a8_layer'):.1f} ({us('fp16_linear') / us('w4a8_layer'):.2f}x) | "
+                         f"{'yes' if r.get('layer_fused') else 'no'} | "
+                         f"{us('w4a8_layer_2k'):.1f} ({us('fp16_linear') / us('w4a8_layer_2k'):.2f}x) | "
                          f"{best} ({us(f'w4a8_gemv_w{best}'):.1f}) | {us('w8a8_triton'):.1f} | "
                          f"{us('w8a8_gemm'):.1f} ({us('fp16_linear') / us('w8a8_gemm'):.2f}x) |")
     lines += ["", f"## quantize_act (int8 out), GB/s; copy bandwidth {res['copy_gbps']:.0f} GB/s", "",

@@ -36,6 +36,11 @@ void weight_only_dequant(std::uintptr_t qweight, std::uintptr_t scales, std::uin
 void int_gemv(std::uintptr_t x, std::uintptr_t x_scale, std::uintptr_t qweight, std::uintptr_t w_scale,
               std::uintptr_t bias, int bias_dtype, std::uintptr_t y, int64_t M, int64_t N, int64_t K,
               int a_bits, int w_bits, int out_dtype, int warps, int device, std::uintptr_t stream);
+bool int_gemv_fused_fits(int64_t M, int64_t K);
+void int_gemv_fused(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t qweight, std::uintptr_t w_scale,
+                    std::uintptr_t bias, int bias_dtype, std::uintptr_t y, int64_t M, int64_t N, int64_t K,
+                    int a_bits, int w_bits, int dtype, int warps, int device, std::uintptr_t stream,
+                    float clip_ratio);
 }  // namespace modaq
 
 PYBIND11_MODULE(_C, m) {
@@ -71,6 +76,17 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("bias"), pybind11::arg("bias_dtype"), pybind11::arg("y"), pybind11::arg("M"),
         pybind11::arg("N"), pybind11::arg("K"), pybind11::arg("a_bits"), pybind11::arg("w_bits"),
         pybind11::arg("out_dtype"), pybind11::arg("warps"), pybind11::arg("device"), pybind11::arg("stream"));
+  m.def("int_gemv_fused_fits", &modaq::int_gemv_fused_fits,
+        "whether int_gemv_fused takes x [M, K] (M <= 16, K % 16 == 0, M * K <= 32768)",
+        pybind11::arg("M"), pybind11::arg("K"));
+  m.def("int_gemv_fused", &modaq::int_gemv_fused,
+        "quantize_act (plain, optional smoothing / clip) fused into the W4A8 / W4A4 / W8A8 GEMV: "
+        "x fp16 / bf16 [M, K] -> y [M, N] in x's dtype",
+        pybind11::arg("x"), pybind11::arg("smooth"), pybind11::arg("qweight"), pybind11::arg("w_scale"),
+        pybind11::arg("bias"), pybind11::arg("bias_dtype"), pybind11::arg("y"), pybind11::arg("M"),
+        pybind11::arg("N"), pybind11::arg("K"), pybind11::arg("a_bits"), pybind11::arg("w_bits"),
+        pybind11::arg("dtype"), pybind11::arg("warps"), pybind11::arg("device"), pybind11::arg("stream"),
+        pybind11::arg("clip_ratio") = 1.0f);
   m.def("weight_only_gemv", &modaq::weight_only_gemv,
         "fused dequant GEMV, W3A16 / W4A16, M <= 16 (splits: K split over a cluster, 0 = auto; "
         "kernel: 0 = auto, 1 = shared-memory pipelined, 2 = register pipelined)",

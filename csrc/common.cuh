@@ -76,6 +76,10 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
   return r;
 }
 
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 // Calls f(T{}) with T the element type named by `dtype`.
 template <typename F>
 void dispatch_float(int dtype, F&& f) {

@@ -44,7 +44,17 @@
 // M = 1, x's L1 latency no longer hidden.  What limits M = 16 (ncu, 3584 x 18944): at 128
 // registers only 8 two-warp CTAs fit an SM, so the rule picks one warp per CTA: ~8.6 warps
 // per SM, DRAM 34% busy, stalls mostly on the weight loads (long scoreboard).
-#include "common.cuh"
+//
+// Fused variant (int_gemv_fused, modaq::int_linear at decode sizes): x arrives as fp16 / bf16
+// and every CTA quantizes all of it into shared memory first (quantize_x_shared: quantize_act's
+// fp32 operations, so still bit-identical), while its first batch of weight loads is in
+// flight; this saves the quantize_act launch.  The work repeats per CTA, so it pays only when
+// an SM holds little of it: ceil(CTAs / SMs) * M * K <= 16384 (the host rule, in
+// modaq.ops.fast_int_gemm).  H200, W4A8 layer, M = 1: 3584 x 3584 7.4 us (quantize_act + GEMV
+// 8.8), 4096 x 4096 8.0 (9.5), 1152 x 4304 5.5 (6.6); 3584 x 18944 (9 CTAs per SM) 25.1 against
+// 16.6, so the large shapes keep two kernels.  int4 activations stay bytes in [-7, 7] in shared
+// memory: the A8 path multiplies them, with no packing.
+#include "quantize_act_common.cuh"
 
 #include <stdexcept>
 
@@ -69,6 +79,12 @@ struct IntGemvArgs {
   int M, N, K;
   int full_blocks;      // K / block_values
   int tail;             // K % block_values (even)
+  // fused variant (int_gemv_fused): fp16 / bf16 x [M, K] quantized by every CTA into shared
+  // memory, with quantize_act's optional smoothing and clip ratio; qmax 127 (A8) or 7 (A4)
+  const void* xf;
+  const float* smooth;
+  float clip;
+  int qmax;
 };
 
 template <bool UNSIGNED_A>
@@ -100,10 +116,16 @@ __device__ __forceinline__ uint32_t hi_u8(uint32_t w) { return and_xor(w >> 4, 0
 __device__ __forceinline__ uint32_t lo_s8(uint32_t w) { return (and_xor(w, 0x0F0F0F0Fu, 0x88888888u) - 0x08080808u) ^ 0x80808080u; }
 __device__ __forceinline__ uint32_t hi_s8(uint32_t w) { return lo_s8(w >> 4); }
 
+// Where x comes from: global memory (cached, it is tiny and shared by every CTA) or the CTA's
+// shared-memory copy quantized by the fused kernel (rows 16-byte aligned: K % 16 == 0).
+enum class XSrc { kGlobal, kShared };
+
 // 16 bytes at p: one vector load when 16-byte aligned, else two 8-byte loads.
-template <bool VEC16, bool STREAM>
+template <bool VEC16, bool STREAM, XSrc SRC = XSrc::kGlobal>
 __device__ __forceinline__ uint4 load16(const uint8_t* p) {
-  if constexpr (VEC16) {
+  if constexpr (SRC == XSrc::kShared) {
+    return *reinterpret_cast<const uint4*>(p);
+  } else if constexpr (VEC16) {
     if constexpr (STREAM) return ld_stream(p);
     else return __ldg(reinterpret_cast<const uint4*>(p));
   } else {
@@ -172,7 +194,7 @@ __device__ __forceinline__ void load_weights(const uint8_t* w0, const uint8_t* w
   b.w[1] = load16<VEC16, true>(w1 + kb * kBlockBytes);
 }
 
-template <int MT, int WB, bool A4, bool VEC16>
+template <int MT, int WB, bool A4, bool VEC16, XSrc SRC>
 __device__ __forceinline__ void load_x(const uint8_t* const (&xrow)[MT], int kb, BlockOps<MT>& b) {
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
@@ -182,8 +204,8 @@ __device__ __forceinline__ void load_x(const uint8_t* const (&xrow)[MT], int kb,
       unpack_a4(load16<VEC16, false>(xrow[mt] + kb * kBlockBytes), b.lo[mt], b.hi[mt]);
     } else {
       constexpr int kv = block_values<WB>();
-      b.lo[mt] = load16<true, false>(xrow[mt] + kb * kv);
-      if constexpr (WB == 4) b.hi[mt] = load16<true, false>(xrow[mt] + kb * kv + kv / 2);
+      b.lo[mt] = load16<true, false, SRC>(xrow[mt] + kb * kv);
+      if constexpr (WB == 4) b.hi[mt] = load16<true, false, SRC>(xrow[mt] + kb * kv + kv / 2);
     }
   }
 }
@@ -210,9 +232,74 @@ __device__ __forceinline__ void load_tail(const IntGemvArgs& p, const uint8_t* w
   }
 }
 
-template <typename TOut, int MT, int WB, bool A4, bool VEC16>
+// Fused variant: quantize x [M, K] per token into xs (int8 [M][K]; int4 activations stay
+// unpacked bytes in [-7, 7], so the A8 path multiplies them) and the token scales into
+// scale_s, with the fp32 operations of quantize_act (bit-identical).  Every CTA quantizes
+// all of x: at decode sizes (M * K <= kMaxFusedX) that is a few KB of L2 reads per CTA, and it
+// saves the separate quantize_act launch.  Work unit = (token, slice): each token is split
+// into `slices` warp-sized strided slices so all warps work at once and tokens proceed in
+// parallel (a token-by-token loop paid two memory round trips per token); two passes over
+// x (absmax, then quantize; the second hits L1) with one barrier between them.
+template <typename T>
+__device__ void quantize_x_shared(const IntGemvArgs& p, int8_t* xs, float* scale_s) {
+  __shared__ float amax_s[16][kMaxWarps];  // [token][slice]
+  __shared__ int nan_s[16][kMaxWarps];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  const int slices = max(1, warps / p.M), units = p.M * slices;
+  const int nvec = p.K >> 3;  // 8 values per 16-byte vector
+  const uint4* x = static_cast<const uint4*>(p.xf);
+  for (int u = warp; u < units; u += warps) {
+    const int m = u / slices, sl = u - m * slices;
+    float amax = 0.f;
+    int nan = 0;
+#pragma unroll 4
+    for (int v = sl * 32 + lane; v < nvec; v += slices * 32) {
+      float f[8];
+      smoothed8<T>(__ldg(x + static_cast<size_t>(m) * nvec + v), p.smooth, static_cast<int64_t>(v) * 8, f);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) { nan |= f[j] != f[j]; amax = fmaxf(amax, fabsf(f[j])); }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+      nan |= __shfl_xor_sync(0xffffffffu, nan, o);
+    }
+    if (lane == 0) { amax_s[m][sl] = amax; nan_s[m][sl] = nan; }
+  }
+  __syncthreads();
+  for (int u = warp; u < units; u += warps) {
+    const int m = u / slices, sl = u - m * slices;
+    float amax = 0.f;
+    int nan = 0;
+    for (int s = 0; s < slices; ++s) { amax = fmaxf(amax, amax_s[m][s]); nan |= nan_s[m][s]; }
+    amax = clipped_range(amax, p.clip);
+    if (sl == 0 && lane == 0) scale_s[m] = token_scale(amax, nan, p.qmax);
+    const float inv = inv_scale(amax, nan, p.qmax);
+#pragma unroll 4
+    for (int v = sl * 32 + lane; v < nvec; v += slices * 32) {
+      float f[8];
+      smoothed8<T>(__ldg(x + static_cast<size_t>(m) * nvec + v), p.smooth, static_cast<int64_t>(v) * 8, f);
+      *reinterpret_cast<uint2*>(xs + static_cast<size_t>(m) * p.K + v * 8) = quantize8(f, inv, p.qmax);
+    }
+  }
+  __syncthreads();
+}
+
+// The contiguous range [kb0, kb1) of full blocks that warp `warp` of `warps` streams.
+__device__ __forceinline__ void warp_blocks(int full_blocks, int warps, int warp, int& kb0, int& kb1) {
+  const int per = (full_blocks + warps - 1) / warps;
+  kb0 = warp * per;
+  kb1 = min(full_blocks, kb0 + per);
+}
+
+// FUSED: x arrives as fp16 / bf16 (type TOut) and is quantized by quantize_x_shared first.
+template <typename TOut, int MT, int WB, bool A4, bool VEC16, bool FUSED>
 __global__ void __launch_bounds__(kMaxWarps * 32) int_gemv_kernel(const IntGemvArgs p) {
+  static_assert(!(FUSED && A4), "the fused kernel keeps int4 activations as bytes (A8 path)");
+  constexpr XSrc kXSrc = FUSED ? XSrc::kShared : XSrc::kGlobal;
   __shared__ int red[kMaxWarps][MT * 4][32];
+  __shared__ float scale_s[16];
+  extern __shared__ __align__(16) int8_t xs[];  // fused: quantized x [M][K]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int warps = blockDim.x >> 5;
   const int n0 = blockIdx.x * 16;
@@ -220,12 +307,30 @@ __global__ void __launch_bounds__(kMaxWarps * 32) int_gemv_kernel(const IntGemvA
   const size_t row_bytes = WB == 4 ? static_cast<size_t>(p.K) / 2 : static_cast<size_t>(p.K);
   const uint8_t* w0 = p.w + static_cast<size_t>(min(n0 + g, p.N - 1)) * row_bytes + 16 * t;
   const uint8_t* w1 = p.w + static_cast<size_t>(min(n0 + g + 8, p.N - 1)) * row_bytes + 16 * t;
+  const float* x_scale = p.x_scale;
+  const uint8_t* x_base = p.x;
+  BlockOps<MT> first[kDepth];  // fused: the first batch of weights, in flight while x is quantized
+  if constexpr (FUSED) {
+    int kb0, kb1;
+    warp_blocks(p.full_blocks, warps, warp, kb0, kb1);
+#pragma unroll
+    for (int d = 0; d < kDepth; ++d) {
+      if (kb0 + d < kb1) load_weights<MT, VEC16>(w0, w1, kb0 + d, first[d]);
+      if (kb0 + kDepth + d < kb1) {  // and the second batch towards L2
+        prefetch_l2(w0 + (kb0 + kDepth + d) * kBlockBytes);
+        prefetch_l2(w1 + (kb0 + kDepth + d) * kBlockBytes);
+      }
+    }
+    quantize_x_shared<TOut>(p, xs, scale_s);
+    x_scale = scale_s;
+    x_base = reinterpret_cast<const uint8_t*>(xs);
+  }
   const size_t x_row_bytes = A4 ? static_cast<size_t>(p.K) / 2 : static_cast<size_t>(p.K);
   const uint8_t* xrow[MT];  // this lane's B column: token mt * 8 + g, at k = 16t (null: no token)
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
     const int m = mt * 8 + g;
-    xrow[mt] = m < p.M ? p.x + m * x_row_bytes + 16 * t : nullptr;
+    xrow[mt] = m < p.M ? x_base + m * x_row_bytes + 16 * t : nullptr;
   }
 
   int acc[MT][4], xsum[MT];
@@ -235,15 +340,22 @@ __global__ void __launch_bounds__(kMaxWarps * 32) int_gemv_kernel(const IntGemvA
 #pragma unroll
     for (int c = 0; c < 4; ++c) acc[mt][c] = 0;
   }
-  const int per = (p.full_blocks + warps - 1) / warps;
-  const int kb0 = warp * per, kb1 = min(p.full_blocks, kb0 + per);
+  // computed here, not at the top: hoisted there, ptxas gave the kernel 106 registers instead of
+  // 104 and 3584 x 18944 M = 1 ran 13.2 us instead of 11.9 (H200; the warp rule then picked 1)
+  int kb0, kb1;
+  warp_blocks(p.full_blocks, warps, warp, kb0, kb1);
   for (int kb = kb0; kb < kb1; kb += kDepth) {
     BlockOps<MT> ops[kDepth];
 #pragma unroll
     for (int d = 0; d < kDepth; ++d) {
       if (kb + d < kb1) {
-        load_weights<MT, VEC16>(w0, w1, kb + d, ops[d]);
-        load_x<MT, WB, A4, VEC16>(xrow, kb + d, ops[d]);
+        if (FUSED && kb == kb0) {
+          ops[d].w[0] = first[d].w[0];
+          ops[d].w[1] = first[d].w[1];
+        } else {
+          load_weights<MT, VEC16>(w0, w1, kb + d, ops[d]);
+        }
+        load_x<MT, WB, A4, VEC16, kXSrc>(xrow, kb + d, ops[d]);
       }
     }
 #pragma unroll
@@ -289,7 +401,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) int_gemv_kernel(const IntGemvA
     const int n = n0 + g + 8 * ((i % 4) >> 1);
     const int m = (i / 4) * 8 + 2 * t + (i & 1);
     if (n < p.N && m < p.M) {
-      float v = __fmul_rn(__fmul_rn(static_cast<float>(acc[i / 4][i % 4]), p.x_scale[m]), p.w_scale[n]);
+      float v = __fmul_rn(__fmul_rn(static_cast<float>(acc[i / 4][i % 4]), x_scale[m]), p.w_scale[n]);
       if (p.bias) v = __fadd_rn(v, load_bias(p.bias, p.bias_dtype, n));
       y[static_cast<size_t>(m) * p.N + n] = from_float<TOut>(v);
     }
@@ -299,50 +411,61 @@ __global__ void __launch_bounds__(kMaxWarps * 32) int_gemv_kernel(const IntGemvA
 // Warps per CTA (auto): the most (a power of two <= 16, <= the full blocks) for which the
 // N / 16 CTAs still fit on the GPU at once.  Measured on an H200 (int_gemm_*.md): one wave of
 // CTAs with as many warps as fit splits K best; a second partial wave costs up to 1.4x.
-// resident[w]: CTAs per SM of `kernel` at w warps, filled on first use (one GPU type per process).
+// resident[w]: CTAs per SM of `kernel` at w warps and `smem` dynamic bytes, filled on first use
+// (one GPU type per process; the fused kernel keeps one table per KB of x).
 template <typename Kernel>
-int auto_warps(Kernel kernel, int (&resident)[kMaxWarps + 1], int n_tiles, int full_blocks, int device) {
+int auto_warps(Kernel kernel, int (&resident)[kMaxWarps + 1], int n_tiles, int full_blocks, size_t smem,
+               int device) {
   int w = kMaxWarps;
   while (w > 1 && w > full_blocks) w /= 2;
   for (; w > 1; w /= 2) {
     if (resident[w] == 0) {
-      check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident[w], kernel, w * 32, 0), "occupancy");
+      check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident[w], kernel, w * 32, smem), "occupancy");
     }
     if (static_cast<int64_t>(resident[w]) * device_info(device).sms >= n_tiles) break;
   }
   return w;
 }
 
-template <typename TOut, int MT, int WB, bool A4, bool VEC16>
+constexpr int kMaxFusedX = 32 * 1024;  // fused kernel: M * K bytes of quantized x in shared memory
+
+template <typename TOut, int MT, int WB, bool A4, bool VEC16, bool FUSED>
 void launch(const IntGemvArgs& p, int warps, int device, cudaStream_t s) {
-  auto kernel = int_gemv_kernel<TOut, MT, WB, A4, VEC16>;
+  auto kernel = int_gemv_kernel<TOut, MT, WB, A4, VEC16, FUSED>;
   const int n_tiles = (p.N + 15) / 16;
-  static int resident[kMaxWarps + 1] = {};
-  if (warps == 0) warps = auto_warps(kernel, resident, n_tiles, p.full_blocks, device);
-  kernel<<<n_tiles, warps * 32, 0, s>>>(p);
+  // the occupancy table of the fused kernel is taken at x rounded up to whole KB
+  const int kb_of_x = FUSED ? (p.M * p.K + 1023) / 1024 : 0;
+  const size_t smem = FUSED ? static_cast<size_t>(p.M) * p.K : 0;
+  static int resident[kMaxFusedX / 1024 + 1][kMaxWarps + 1] = {};
+  static bool opted_in[64] = {};
+  if (FUSED && !opted_in[device]) {  // static + dynamic shared memory may pass 48 KB
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxFusedX),
+               "int_gemv_fused smem attribute");
+    opted_in[device] = true;
+  }
+  if (warps == 0) warps = auto_warps(kernel, resident[kb_of_x], n_tiles, p.full_blocks, kb_of_x * size_t{1024}, device);
+  kernel<<<n_tiles, warps * 32, smem, s>>>(p);
 }
 
-template <typename TOut, int MT, int WB, bool A4>
+template <typename TOut, int MT, int WB, bool A4, bool FUSED = false>
 void launch_aligned(const IntGemvArgs& p, int warps, int device, cudaStream_t s) {
   // int4 rows (weights, int4 x) are 16-byte aligned when K % 32 == 0, else 8-byte (K % 16 == 0)
-  if (WB == 8 || p.K % 32 == 0) launch<TOut, MT, WB, A4, true>(p, warps, device, s);
-  else launch<TOut, MT, WB, A4, false>(p, warps, device, s);
+  if (WB == 8 || p.K % 32 == 0) launch<TOut, MT, WB, A4, true, FUSED>(p, warps, device, s);
+  else launch<TOut, MT, WB, A4, false, FUSED>(p, warps, device, s);
 }
 
-}  // namespace
-
-void int_gemv(std::uintptr_t x, std::uintptr_t x_scale, std::uintptr_t qweight, std::uintptr_t w_scale,
-              std::uintptr_t bias, int bias_dtype, std::uintptr_t y, int64_t M, int64_t N, int64_t K,
-              int a_bits, int w_bits, int out_dtype, int warps, int device, std::uintptr_t stream) {
-  if (M < 1 || M > 16) throw std::invalid_argument("modaq._C.int_gemv: M must be in 1..16");
-  if (K < 16 || K % 16 != 0) throw std::invalid_argument("modaq._C.int_gemv: K must be a positive multiple of 16");
+void check_gemv_args(const char* fn, int64_t M, int64_t K, int a_bits, int w_bits, int warps) {
+  const std::string f = std::string("modaq._C.") + fn;
+  if (M < 1 || M > 16) throw std::invalid_argument(f + ": M must be in 1..16");
+  if (K < 16 || K % 16 != 0) throw std::invalid_argument(f + ": K must be a positive multiple of 16");
   const bool ok_bits = (w_bits == 4 && (a_bits == 4 || a_bits == 8)) || (w_bits == 8 && a_bits == 8);
-  if (!ok_bits) throw std::invalid_argument("modaq._C.int_gemv: (a_bits, w_bits) must be (8, 4), (4, 4) or (8, 8)");
-  if (warps < 0 || warps > kMaxWarps) throw std::invalid_argument("modaq._C.int_gemv: warps must be in 0..16");
-  if (N == 0) return;
+  if (!ok_bits) throw std::invalid_argument(f + ": (a_bits, w_bits) must be (8, 4), (4, 4) or (8, 8)");
+  if (warps < 0 || warps > kMaxWarps) throw std::invalid_argument(f + ": warps must be in 0..16");
+}
+
+IntGemvArgs gemv_args(std::uintptr_t qweight, std::uintptr_t w_scale, std::uintptr_t bias, int bias_dtype,
+                      std::uintptr_t y, int64_t M, int64_t N, int64_t K, int w_bits) {
   IntGemvArgs p{};
-  p.x = reinterpret_cast<const uint8_t*>(x);
-  p.x_scale = reinterpret_cast<const float*>(x_scale);
   p.w = reinterpret_cast<const uint8_t*>(qweight);
   p.w_scale = reinterpret_cast<const float*>(w_scale);
   p.bias = reinterpret_cast<const void*>(bias);
@@ -354,6 +477,50 @@ void int_gemv(std::uintptr_t x, std::uintptr_t x_scale, std::uintptr_t qweight, 
   const int kv = w_bits == 4 ? block_values<4>() : block_values<8>();
   p.full_blocks = p.K / kv;
   p.tail = p.K % kv;
+  return p;
+}
+
+}  // namespace
+
+bool int_gemv_fused_fits(int64_t M, int64_t K) {
+  return M >= 1 && M <= 16 && K >= 16 && K % 16 == 0 && M * K <= kMaxFusedX;
+}
+
+void int_gemv_fused(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t qweight, std::uintptr_t w_scale,
+                    std::uintptr_t bias, int bias_dtype, std::uintptr_t y, int64_t M, int64_t N, int64_t K,
+                    int a_bits, int w_bits, int dtype, int warps, int device, std::uintptr_t stream,
+                    float clip_ratio) {
+  check_gemv_args("int_gemv_fused", M, K, a_bits, w_bits, warps);
+  if (!int_gemv_fused_fits(M, K))
+    throw std::invalid_argument("modaq._C.int_gemv_fused: M * K must be at most 32768 (x quantized in shared memory)");
+  if (N == 0) return;
+  IntGemvArgs p = gemv_args(qweight, w_scale, bias, bias_dtype, y, M, N, K, w_bits);
+  p.xf = reinterpret_cast<const void*>(x);
+  p.smooth = reinterpret_cast<const float*>(smooth);
+  p.clip = clip_ratio;
+  p.qmax = a_bits == 8 ? 127 : 7;
+  cudaStream_t s = enter(device, stream);
+  dispatch_float(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if (p.M > 8) {
+      if (w_bits == 8) launch_aligned<T, 2, 8, false, true>(p, warps, device, s);
+      else launch_aligned<T, 2, 4, false, true>(p, warps, device, s);
+    } else {
+      if (w_bits == 8) launch_aligned<T, 1, 8, false, true>(p, warps, device, s);
+      else launch_aligned<T, 1, 4, false, true>(p, warps, device, s);
+    }
+  });
+  check_launch("int_gemv_fused");
+}
+
+void int_gemv(std::uintptr_t x, std::uintptr_t x_scale, std::uintptr_t qweight, std::uintptr_t w_scale,
+              std::uintptr_t bias, int bias_dtype, std::uintptr_t y, int64_t M, int64_t N, int64_t K,
+              int a_bits, int w_bits, int out_dtype, int warps, int device, std::uintptr_t stream) {
+  check_gemv_args("int_gemv", M, K, a_bits, w_bits, warps);
+  if (N == 0) return;
+  IntGemvArgs p = gemv_args(qweight, w_scale, bias, bias_dtype, y, M, N, K, w_bits);
+  p.x = reinterpret_cast<const uint8_t*>(x);
+  p.x_scale = reinterpret_cast<const float*>(x_scale);
   cudaStream_t s = enter(device, stream);
   auto go = [&](auto tag) {
     using TOut = decltype(tag);

@@ -177,10 +177,6 @@ __device__ __forceinline__ void unit_words(const uint4 (&q)[Bits<BITS>::kVecs], 
   }
 }
 
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
-
 // One lane's share of one packed block, loaded into registers (the dequant kernel and the
 // register-pipelined GEMV; the shared-memory GEMV streams blocks with cp.async instead):
 // weights, and the (row g, row g + 8) scale / zero pairs of the block's 256 / GROUP groups.

@@ -192,6 +192,78 @@ def test_int_gemv_runs_the_decode_ops():
     assert not fast_int_gemm.gemv_fits(xq.view(-1)[8:8 + 16 * 1024].view(16, 1024), w, 1024)  # misaligned
 
 
+def _mismatch(y, ref):
+    """Where y and ref differ: (count, first (row, col) positions, largest difference)."""
+    bad = (y.isnan() != ref.isnan()) | (y.nan_to_num(0.0) != ref.nan_to_num(0.0))
+    idx = bad.nonzero()[:5].tolist()
+    return int(bad.sum()), idx, float((y.float() - ref.float()).nan_to_num(0.0).abs().max())
+
+
+def _same_bits(y, ref):
+    """Equal bit for bit, NaN where the other is NaN."""
+    return torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.nan_to_num(0.0), ref.nan_to_num(0.0))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(GEMMS))
+@pytest.mark.parametrize("m,n,k", [s for s in _GEMV_SHAPES if s[0] * s[2] <= 32768] + [(2, 96, 16384), (16, 48, 2048)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_int_gemv_fused_is_bit_identical_to_reference(name, m, n, k, dtype):
+    """quantize_act fused into the decode GEMV (int_gemv_fused): every CTA quantizes x into
+    shared memory with quantize_act's fp32 operations, so each output bit equals the reference
+    quantize_act + GEMM, for every warp split, with smoothing, clipping, outlier channels, a
+    row of zeros and a row holding NaN (NaN out)."""
+    from modaq.ops import fast_int_gemm
+    ab, wb = GEMMS[name]
+    g = torch.Generator().manual_seed(m * 7 + k)
+    x = torch.randn(m, k, generator=g)
+    x[:, 1] *= 100.0
+    x[m // 2] = 0.0
+    if m > 2:
+        x[m - 1, k // 3] = float("nan")
+    x = x.to(dtype)
+    smooth = torch.rand(k, generator=g) + 0.5
+    wq, ws = F.quantize_weight_sym(torch.randn(n, k, generator=g), wb)
+    pw = F.pack_w8(wq) if wb == 8 else F.pack_w4_sym(wq)
+    b = torch.randn(n, generator=g)
+    for sm, clip, bias in ((None, 1.0, None), (smooth, 0.8, b)):
+        ref = R.int_linear(x, pw, ws, bias, ab, wb, sm, None, None, None, clip)
+        args = [t.cuda() if t is not None else None for t in (x, pw, ws, bias, sm)]
+        for warps in (0, 1, 3, 16):
+            torch.full((64 << 20,), float("nan"), device="cuda")  # poison the allocator's free blocks
+            y = fast_int_gemm.int_gemv_fused(args[0], args[1], args[2], args[3], ab, wb, args[4], clip, warps).cpu()
+            assert y.dtype == dtype and _same_bits(y, ref), (warps, clip, _mismatch(y, ref))
+
+
+@pytest.mark.gpu
+def test_int_linear_takes_the_fused_kernel_at_decode_sizes(monkeypatch):
+    """int_linear runs int_gemv_fused when x fits (no transform, M <= 16, M * K <= 32 KB,
+    aligned, ceil(CTAs / SMs) * M * K <= 16384), and quantize_act + GEMM otherwise; both give
+    the reference's bits."""
+    from modaq.ops import fast_int_gemm
+    calls = []
+    fused = fast_int_gemm.int_gemv_fused
+    monkeypatch.setattr(fast_int_gemm, "int_gemv_fused", lambda *a, **kw: calls.append(1) or fused(*a, **kw))
+    k = 2048
+    wq, ws = F.quantize_weight_sym(torch.randn(64, k), 4)
+    pw, ws = F.pack_w4_sym(wq).cuda(), ws.cuda()
+    signs = torch.ones(k, device="cuda")
+    for m, kw, want in ((8, {}, 1), (9, {}, 0), (4, {"hadamard_signs": signs}, 0)):
+        x = torch.randn(m, k, dtype=torch.float16, device="cuda")
+        calls.clear()
+        y = ops.int_linear(x, pw, ws, a_bits=8, w_bits=4, **kw)
+        ref = R.int_linear(x.cpu(), pw.cpu(), ws.cpu(), None, 8, 4, None,
+                           signs.cpu() if kw else None, None, None, 1.0)
+        assert len(calls) == want and _same_bits(y.cpu(), ref), (m, kw)
+    x = torch.randn(2 * k + 4, dtype=torch.float16, device="cuda")[4:].view(2, k)  # 8 bytes off 16-byte alignment
+    assert fast_int_gemm.fused_fits(x.clone(), None, pw, 64) and not fast_int_gemm.fused_fits(x, None, pw, 64)
+    assert not fast_int_gemm.fused_fits(torch.zeros(1, 16384, dtype=torch.float16, device="cuda"), None, pw,
+                                        torch.cuda.get_device_properties(0).multi_processor_count * 16 + 1)
+    with pytest.raises(ValueError, match="M \\* K must be at most 32768"):  # the binding checks what it is given
+        fast_int_gemm.int_gemv_fused(torch.zeros(9, 4096, dtype=torch.float16, device="cuda"), pw, ws, None, 8, 4,
+                                     None, 1.0)
+
+
 @pytest.mark.gpu
 def test_gemm_propagates_nan_scale():
     xq, xs, pw, ws, b = _problem("w4a8_gemm", 4, 64, 256, torch.float16)
@@ -204,7 +276,7 @@ def test_gemm_propagates_nan_scale():
 def test_backends_are_fast_paths():
     names = ops.backends()
     assert names["w4a8_gemm"] == names["w4a4_gemm"] == names["w8a8_gemm"] == "triton"
-    assert names["quantize_act"] == "cuda"
+    assert names["quantize_act"] == names["int_linear"] == "cuda"
 
 
 def _rel_err(a, b):
@@ -228,18 +300,23 @@ def test_module_matches_cpu_module(cls, rotation, monkeypatch):
         rot = Rotation.kron(q1, q2)
     mod = cls.from_linear(lin, rotation=rot)
     x = torch.randn(3, 5, k, dtype=torch.bfloat16)
-    ref = mod(x)
+    x_decode = torch.randn(1, 2, k, dtype=torch.bfloat16)  # the fused GEMV without a rotation
+    ref, ref_decode = mod(x), mod(x_decode)
     y = mod.cuda()(x.cuda())
     assert y.shape == (3, 5, n) and _rel_err(y, ref) < 2e-2
+    assert _rel_err(mod(x_decode.cuda()), ref_decode) < 2e-2
 
 
 @pytest.mark.gpu
-def test_w4a8_linear_cuda_graph_capture(monkeypatch):
+@pytest.mark.parametrize("m,rotation", [(16, "hadamard"), (4, None)])
+def test_w4a8_linear_cuda_graph_capture(m, rotation, monkeypatch):
+    """Both module paths capture: quantize_act + GEMM (rotation) and the fused GEMV (M = 4)."""
     monkeypatch.setenv("MODAQ_INT_GEMM_TUNE", "0")
     k, n = 3584, 1024
     lin = torch.nn.Linear(k, n, dtype=torch.float16)
-    mod = W4A8Linear.from_linear(lin, rotation=Rotation.random_hadamard(k, seed=1)).cuda()
-    static_in = torch.randn(16, k, dtype=torch.float16, device="cuda")
+    rot = Rotation.random_hadamard(k, seed=1) if rotation else None
+    mod = W4A8Linear.from_linear(lin, rotation=rot, smooth=torch.rand(k) + 0.5).cuda()
+    static_in = torch.randn(m, k, dtype=torch.float16, device="cuda")
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):

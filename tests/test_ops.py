@@ -183,6 +183,40 @@ def test_int_gemm_matches_dequantized_matmul(name, abits, wbits, dtype, m, n, k)
     assert y.shape == (m, n) and y.dtype == dtype and rel_err(y, ref) < 1e-2
 
 
+@pytest.mark.parametrize("name,abits,wbits", [("w4a8_gemm", 8, 4), ("w4a4_gemm", 4, 4), ("w8a8_gemm", 8, 8)])
+@pytest.mark.parametrize("transform", [None, "smooth", "hadamard", "kron"])
+def test_int_linear_equals_quantize_act_then_gemm(name, abits, wbits, transform):
+    x = torch.randn(2, 3, 128, dtype=torch.bfloat16)
+    x[..., 5] *= 50
+    kw = {"smooth": torch.rand(128) + 0.5} if transform == "smooth" else \
+        {"hadamard_signs": torch.ones(128).index_fill_(0, torch.arange(0, 128, 3), -1.0)} if transform == "hadamard" \
+        else {"kron_left": torch.randn(8, 8), "kron_right": torch.randn(16, 16)} if transform == "kron" else {}
+    wq, ws = F.quantize_weight_sym(torch.randn(24, 128), wbits)
+    packed = F.pack_w8(wq) if wbits == 8 else F.pack_w4_sym(wq)
+    bias = torch.randn(24)
+    y = ops.int_linear(x, packed, ws, bias, a_bits=abits, w_bits=wbits, clip_ratio=0.9, **kw)
+    xq, xs = ops.quantize_act(x, abits, clip_ratio=0.9, **kw)
+    ref = getattr(ops, name)(xq, xs, packed, ws, bias, out_dtype=x.dtype)
+    assert y.shape == (2, 3, 24) and y.dtype == x.dtype and torch.equal(y.reshape(6, 24), ref)
+
+
+def test_int_linear_validation_errors_name_the_argument():
+    x = torch.randn(2, 128, dtype=torch.float16)
+    w4, ws = torch.zeros(8, 64, dtype=torch.uint8), torch.ones(8)
+    with pytest.raises(ValueError, match="a_bits / w_bits: expected"):
+        ops.int_linear(x, w4, ws, a_bits=8, w_bits=3)
+    with pytest.raises(ValueError, match="qweight: expected 512 elements"):
+        ops.int_linear(x, w4[:4], ws, a_bits=8, w_bits=4)
+    with pytest.raises(TypeError, match="qweight: expected dtype int8"):
+        ops.int_linear(x, w4, ws, a_bits=8, w_bits=8)
+    with pytest.raises(ValueError, match="smooth: expected shape"):
+        ops.int_linear(x, w4, ws, a_bits=4, w_bits=4, smooth=torch.ones(5))
+    with pytest.raises(ValueError, match="bias: expected shape"):
+        ops.int_linear(x, w4, ws, torch.zeros(3), a_bits=8, w_bits=4)
+    with pytest.raises(ValueError, match="clip_ratio"):
+        ops.int_linear(x, w4, ws, a_bits=8, w_bits=4, clip_ratio=0.0)
+
+
 def test_int_gemm_zero_and_nan_rows():
     x = torch.randn(3, 32, dtype=torch.float16)
     x[0] = 0
@@ -239,7 +273,7 @@ def test_validation_errors_name_the_argument():
 def test_backends_report_every_op():
     report = ops.backends()
     assert set(report) == {"quantize_act", "hadamard_transform", "kron_transform", "w3a16_gemm",
-                           "w4a16_gemm", "w4a8_gemm", "w4a4_gemm", "w8a8_gemm"}
+                           "w4a16_gemm", "w4a8_gemm", "w4a4_gemm", "w8a8_gemm", "int_linear"}
     if not torch.cuda.is_available():
         assert all(v.startswith("reference") for v in report.values())
 
@@ -253,4 +287,6 @@ def test_fake_impls_give_output_shapes():
         q, s = ops.quantize_act(x, 4)
         assert q.shape == (5, 64) and q.dtype == torch.uint8 and s.shape == (5,)
         y = ops.w4a4_gemm(q, s, torch.empty(8, 64, dtype=torch.uint8), torch.empty(8), None, torch.bfloat16)
+        assert y.shape == (5, 8) and y.dtype == torch.bfloat16
+        y = ops.int_linear(x, torch.empty(8, 64, dtype=torch.uint8), torch.empty(8), a_bits=8, w_bits=4)
         assert y.shape == (5, 8) and y.dtype == torch.bfloat16

@@ -170,7 +170,8 @@ def _sym_quantize(x: torch.Tensor, bits: int, clip_ratio: float = 1.0) -> tuple[
     if clip_ratio != 1.0:  # fp32(clip) * absmax rounded once to fp32, as the CUDA kernels do
         absmax = absmax * fp32_value(clip_ratio)
     safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
-    inv = torch.where(absmax > 0, qmax / safe, torch.zeros_like(absmax))
+    # a true division (`qmax / tensor` would be reciprocal(tensor) * qmax: a different last bit)
+    inv = torch.where(absmax > 0, torch.full_like(safe, qmax) / safe, torch.zeros_like(absmax))
     q = torch.round(torch.nan_to_num(xf * inv[..., None], nan=0.0)).clamp(-qmax, qmax)
     return q.to(torch.int8), absmax / qmax
 

@@ -212,11 +212,9 @@ class _ActQuantLinear(QuantLinear):
         self.w_scale.copy_(weight.scale.float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        xq, xs = ops.quantize_act(x, self.fmt.act_bits, self.smooth, self.hadamard_signs,
-                                  self.kron_left, self.kron_right, clip_ratio=self.act_clip_ratio)
-        y = self._gemm(xq, xs, self.qweight, self.w_scale, self.bias, x.dtype)
-        return y.reshape(*shape[:-1], self.out_features)
+        return ops.int_linear(x, self.qweight, self.w_scale, self.bias, a_bits=self.fmt.act_bits,
+                              w_bits=self.fmt.weight_bits, smooth=self.smooth, hadamard_signs=self.hadamard_signs,
+                              kron_left=self.kron_left, kron_right=self.kron_right, clip_ratio=self.act_clip_ratio)
 
 
 class W4A8Linear(_ActQuantLinear):
@@ -224,7 +222,6 @@ class W4A8Linear(_ActQuantLinear):
 
     format_name = "w4a8"
     _pack = staticmethod(formats.pack_w4_sym)
-    _gemm = staticmethod(ops.w4a8_gemm)
 
 
 class W4A4Linear(_ActQuantLinear):
@@ -232,7 +229,6 @@ class W4A4Linear(_ActQuantLinear):
 
     format_name = "w4a4"
     _pack = staticmethod(formats.pack_w4_sym)
-    _gemm = staticmethod(ops.w4a4_gemm)
 
 
 class W8A8Linear(_ActQuantLinear):
@@ -240,7 +236,6 @@ class W8A8Linear(_ActQuantLinear):
 
     format_name = "w8a8"
     _pack = staticmethod(formats.pack_w8)
-    _gemm = staticmethod(ops.w8a8_gemm)
 
 
 QUANT_LINEARS: dict[str, type[QuantLinear]] = {

@@ -9,10 +9,10 @@ from . import fast_int_gemm  # noqa: F401  (registers fast backends)
 from . import fast_weight_only  # noqa: F401  (registers fast backends)
 from ._registry import backends
 from .activation import hadamard_transform, kron_transform, quantize_act
-from .int_gemm import w4a4_gemm, w4a8_gemm, w8a8_gemm
+from .int_gemm import int_linear, w4a4_gemm, w4a8_gemm, w8a8_gemm
 from .weight_only import w3a16_gemm, w4a16_gemm
 
 __all__ = [
     "backends", "quantize_act", "hadamard_transform", "kron_transform",
-    "w3a16_gemm", "w4a16_gemm", "w4a8_gemm", "w4a4_gemm", "w8a8_gemm",
+    "w3a16_gemm", "w4a16_gemm", "w4a8_gemm", "w4a4_gemm", "w8a8_gemm", "int_linear",
 ]

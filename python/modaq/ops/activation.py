@@ -72,6 +72,12 @@ def quantize_act(x: torch.Tensor, bits: int = 8, smooth: torch.Tensor | None = N
     uint8 [M, K / 2] (bits = 4, formats.pack_a4), scale float32 [M], M = x.numel() / K.
     A token holding NaN / inf gets a non-finite scale (the NaN reaches the GEMM output).
     """
+    clip_ratio = check_quantize_args(x, bits, smooth, hadamard_signs, kron_left, kron_right, clip_ratio)
+    return _quantize_act(v.rows(x), bits, smooth, hadamard_signs, kron_left, kron_right, clip_ratio)
+
+
+def check_quantize_args(x, bits, smooth, hadamard_signs, kron_left, kron_right, clip_ratio) -> float:
+    """Validate quantize_act's arguments (also int_linear's activation side); returns the clip ratio."""
     v.activation("x", x)
     k = x.shape[-1]
     if bits not in (4, 8):
@@ -88,8 +94,7 @@ def quantize_act(x: torch.Tensor, bits: int = 8, smooth: torch.Tensor | None = N
         _check_hadamard(x, hadamard_signs)
     if kron_left is not None:
         _check_kron(x, kron_left, kron_right)
-    clip_ratio = formats.check_clip_ratio(clip_ratio)
-    return _quantize_act(v.rows(x), bits, smooth, hadamard_signs, kron_left, kron_right, clip_ratio)
+    return formats.check_clip_ratio(clip_ratio)
 
 
 def hadamard_transform(x: torch.Tensor, signs: torch.Tensor | None = None) -> torch.Tensor:

@@ -156,3 +156,13 @@ def w8a8_gemm(xq, x_scale, qweight, w_scale, bias=None, out_dtype=torch.float16)
     """int8 xq [M, K] x int8 W [N, K] -> [M, N] out_dtype."""
     w = formats.unpack_w8(qweight, w_scale.shape[0], xq.shape[1])
     return _int_gemm(xq, x_scale, w, w_scale, bias, out_dtype)
+
+
+_INT_GEMMS = {(8, 4): w4a8_gemm, (4, 4): w4a4_gemm, (8, 8): w8a8_gemm}  # (a_bits, w_bits)
+
+
+def int_linear(x, qweight, w_scale, bias, a_bits: int, w_bits: int, smooth=None, hadamard_signs=None,
+               kron_left=None, kron_right=None, clip_ratio: float = 1.0):
+    """quantize_act(x) then the integer GEMM of (a_bits, w_bits); [M, N] in x.dtype."""
+    xq, xs = quantize_act(x, a_bits, smooth, hadamard_signs, kron_left, kron_right, clip_ratio)
+    return _INT_GEMMS[(a_bits, w_bits)](xq, xs, qweight, w_scale, bias, x.dtype)
