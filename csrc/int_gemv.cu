@@ -455,12 +455,13 @@ void launch_aligned(const IntGemvArgs& p, int warps, int device, cudaStream_t s)
 }
 
 void check_gemv_args(const char* fn, int64_t M, int64_t K, int a_bits, int w_bits, int warps) {
-  const std::string f = std::string("modaq._C.") + fn;
-  if (M < 1 || M > 16) throw std::invalid_argument(f + ": M must be in 1..16");
-  if (K < 16 || K % 16 != 0) throw std::invalid_argument(f + ": K must be a positive multiple of 16");
+  // the message is built only on failure: this runs on every decode call
+  auto fail = [fn](const char* what) { throw std::invalid_argument(std::string("modaq._C.") + fn + ": " + what); };
+  if (M < 1 || M > 16) fail("M must be in 1..16");
+  if (K < 16 || K % 16 != 0) fail("K must be a positive multiple of 16");
   const bool ok_bits = (w_bits == 4 && (a_bits == 4 || a_bits == 8)) || (w_bits == 8 && a_bits == 8);
-  if (!ok_bits) throw std::invalid_argument(f + ": (a_bits, w_bits) must be (8, 4), (4, 4) or (8, 8)");
-  if (warps < 0 || warps > kMaxWarps) throw std::invalid_argument(f + ": warps must be in 0..16");
+  if (!ok_bits) fail("(a_bits, w_bits) must be (8, 4), (4, 4) or (8, 8)");
+  if (warps < 0 || warps > kMaxWarps) fail("warps must be in 0..16");
 }
 
 IntGemvArgs gemv_args(std::uintptr_t qweight, std::uintptr_t w_scale, std::uintptr_t bias, int bias_dtype,

@@ -128,7 +128,7 @@ __device__ __forceinline__ uint32_t pack_bf16x2(uint16_t lo, uint16_t hi) {
 }
 
 // An mma operand fragment of REGS registers (v: its 2 * REGS fp32 values, pairs in register
-// order) split into TERMS bf16 terms: out[t] is term t packed as mma_bf16_16816 takes it (A:
+// order) split into TERMS bf16 terms: out[t] is term t packed as mma_m16n8k16 takes it (A:
 // REGS = 4, B: REGS = 2).
 template <int TERMS, int REGS>
 __device__ __forceinline__ void split_fragment(const float (&v)[2 * REGS], uint32_t (&out)[TERMS][REGS]) {
@@ -140,18 +140,6 @@ __device__ __forceinline__ void split_fragment(const float (&v)[2 * REGS], uint3
 #pragma unroll
     for (int t = 0; t < TERMS; ++t) out[t][r] = pack_bf16x2(lo[t], hi[t]);
   }
-}
-
-// D += A (16x16 bf16, row) * B (16x8 bf16, col), fp32 accumulate.
-// Fragments (g = lane / 4, c = lane % 4): a = {A[g][2c..], A[g+8][2c..], A[g][2c+8..],
-// A[g+8][2c+8..]}, b = {B[2c..][g], B[2c+8..][g]}, d = {C[g][2c], C[g][2c+1], C[g+8][2c],
-// C[g+8][2c+1]}; each 32-bit register holds two bf16, the lower index in the low half.
-__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
 // acc[rt] += H_m^T (exact in one bf16 term: A fragments [rt][ks][32 lanes] in `left`) times the
@@ -172,14 +160,14 @@ __device__ __forceinline__ void mix_strip_bf16(float (&acc)[MT][4], const uint4*
         const uint4 f = __ldg(left + static_cast<size_t>(rt * mt + ks) * 32 + lane);
         const uint32_t a[4] = {f.x, f.y, f.z, f.w};
 #pragma unroll
-        for (int t = 0; t < kTerms; ++t) mma_bf16_16816(acc[rt], a, b[t]);
+        for (int t = 0; t < kTerms; ++t) mma_m16n8k16<__nv_bfloat16>(acc[rt], a, b[t]);
       }
     }
   }
 }
 
 // D += A (16x8 tf32, row) * B (8x8 tf32, col), fp32 accumulate.  Fragments: a = {A[g][c],
-// A[g+8][c], A[g][c+4], A[g+8][c+4]}, b = {B[c][g], B[c+4][g]}, d as in mma_bf16_16816; each
+// A[g+8][c], A[g][c+4], A[g+8][c+4]}, b = {B[c][g], B[c+4][g]}, d as in mma_m16n8k16 (common.cuh); each
 // register one fp32 bit pattern of which the mma reads the top 19 bits.
 __device__ __forceinline__ void mma_tf32_1688(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   asm volatile(

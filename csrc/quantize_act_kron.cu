@@ -82,15 +82,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const __half
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
 
-// D += A (16x16 fp16, row) * B (16x8 fp16, col), fp32 accumulate (fragments as mma_bf16_16816).
-__device__ __forceinline__ void mma_f16_16816(float (&d)[4], const uint32_t* a, const uint32_t* b) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
 // acc[m][n] += (a_hi + a_lo)[m] (b_hi + b_lo)[n] without the lo * lo pair, for the tiles
 // m < m_valid, n < n_valid; one term pair over all tiles at a time, so that consecutive mma
 // do not wait on each other's accumulator.
@@ -105,7 +96,7 @@ __device__ __forceinline__ void mma_tiles(float (&acc)[MT][NT][4], const uint32_
 #pragma unroll
       for (int n = 0; n < NT; ++n)
         if (m < m_valid && n < n_valid)
-          mma_f16_16816(acc[m][n], pair == 2 ? alo[m] : ahi[m], pair == 1 ? blo[n] : bhi[n]);
+          mma_m16n8k16<__half>(acc[m][n], pair == 2 ? alo[m] : ahi[m], pair == 1 ? blo[n] : bhi[n]);
 }
 
 // f(row, col, v0, v1) for each accumulator pair of the valid tiles: (row, col) and (row, col + 1)

@@ -194,7 +194,7 @@ __device__ __forceinline__ void mma_slot(const unsigned char* slot, const uint32
       ldmatrix_x4(b[0], xa[mt] + u * kUnitK * sizeof(T));
       ldmatrix_x4(b[1], xa[mt] + (u * kUnitK + 32) * sizeof(T));
 #pragma unroll
-      for (int s = 0; s < 4; ++s) mma_16816<T>(a_acc[mt], a + 4 * s, &b[s >> 1][2 * (s & 1)]);
+      for (int s = 0; s < 4; ++s) mma_m16n8k16<T>(a_acc[mt], a + 4 * s, &b[s >> 1][2 * (s & 1)]);
     }
     if (u % kUnitsPerGroup == kUnitsPerGroup - 1) {
       uint32_t sv = sc[j];

@@ -95,7 +95,7 @@ __device__ __forceinline__ void mma_block(const Block<BITS, GROUP>& blk, uint32_
       ldmatrix_x4(b[0], addr);
       ldmatrix_x4(b[1], addr + 32 * sizeof(T));
 #pragma unroll
-      for (int s = 0; s < 4; ++s) mma_16816<T>(acc[mt], a + 4 * s, &b[s >> 1][2 * (s & 1)]);
+      for (int s = 0; s < 4; ++s) mma_m16n8k16<T>(acc[mt], a + 4 * s, &b[s >> 1][2 * (s & 1)]);
     }
     if (u % kUnitsPerGroup == kUnitsPerGroup - 1) {
       const float2 sc = blk.scale(j);  // (row g, row g + 8)

@@ -80,7 +80,7 @@ _int_linear = define_op(
     reference.int_linear,
     lambda x, qweight, w_scale, *args: x.new_empty(x.shape[0], w_scale.shape[0]))
 
-GEMM_OF_BITS = {(8, 4): "w4a8_gemm", (4, 4): "w4a4_gemm", (8, 8): "w8a8_gemm"}  # (a_bits, w_bits) -> op
+GEMM_OF_BITS = {bits: fn.__name__ for bits, fn in reference.INT_GEMMS.items()}  # (a_bits, w_bits) -> op name
 
 
 def int_linear(x, qweight, w_scale, bias=None, *, a_bits: int, w_bits: int, smooth=None, hadamard_signs=None,

@@ -158,11 +158,11 @@ def w8a8_gemm(xq, x_scale, qweight, w_scale, bias=None, out_dtype=torch.float16)
     return _int_gemm(xq, x_scale, w, w_scale, bias, out_dtype)
 
 
-_INT_GEMMS = {(8, 4): w4a8_gemm, (4, 4): w4a4_gemm, (8, 8): w8a8_gemm}  # (a_bits, w_bits)
+INT_GEMMS = {(8, 4): w4a8_gemm, (4, 4): w4a4_gemm, (8, 8): w8a8_gemm}  # (a_bits, w_bits) -> the GEMM op's reference
 
 
 def int_linear(x, qweight, w_scale, bias, a_bits: int, w_bits: int, smooth=None, hadamard_signs=None,
                kron_left=None, kron_right=None, clip_ratio: float = 1.0):
     """quantize_act(x) then the integer GEMM of (a_bits, w_bits); [M, N] in x.dtype."""
     xq, xs = quantize_act(x, a_bits, smooth, hadamard_signs, kron_left, kron_right, clip_ratio)
-    return _INT_GEMMS[(a_bits, w_bits)](xq, xs, qweight, w_scale, bias, x.dtype)
+    return INT_GEMMS[(a_bits, w_bits)](xq, xs, qweight, w_scale, bias, x.dtype)
