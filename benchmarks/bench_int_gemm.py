@@ -142,6 +142,16 @@ def quant_row(k: int, m: int) -> dict:
     for name, kw in variants.items():
         t = time_graph(lambda i: ops.quantize_act(x, 8, **kw), 1, nbytes / 2e12)
         row[name] = {"us": t * 1e6, "gbps": nbytes / t / 1e9}
+    if "hadamard" in variants:  # both Hadamard kernels, forced (fits fast_activation's SMALL_* rule)
+        from modaq.ops import fast_activation
+        routed = fast_activation.SMALL_M_MAX, fast_activation.SMALL_MIN_K
+        for name, (small_max, min_k) in (("hadamard_cta_per_token", (0, 0)), ("hadamard_cluster", (1 << 30, 0))):
+            fast_activation.SMALL_M_MAX, fast_activation.SMALL_MIN_K = small_max, min_k
+            try:
+                t = time_graph(lambda i: ops.quantize_act(x, 8, **variants["hadamard"]), 1, nbytes / 2e12)
+                row[name] = {"us": t * 1e6, "gbps": nbytes / t / 1e9}
+            finally:
+                fast_activation.SMALL_M_MAX, fast_activation.SMALL_MIN_K = routed
     return row
 
 
@@ -212,6 +222,10 @@ def main():
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--ms", type=lambda v: [int(m) for m in v.split(",") if m], default=MS,
                     help="comma-separated M values of the GEMM table ('' skips it)")
+    ap.add_argument("--quant-ms", type=lambda v: [int(m) for m in v.split(",") if m], default=QUANT_MS,
+                    help="comma-separated M values of the quantize_act table")
+    ap.add_argument("--quant-ks", type=lambda v: [int(k) for k in v.split(",") if k], default=QUANT_KS,
+                    help="comma-separated K values of the quantize_act table")
     ap.add_argument("--no-quant", action="store_true", help="skip the quantize_act table")
     ap.add_argument("--tag", default="", help="suffix of the result file names (partial re-runs)")
     ap.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable)")
@@ -224,8 +238,8 @@ def main():
            "date": datetime.datetime.now().isoformat(timespec="seconds"), "backends": ops.backends(),
            "copy_gbps": copy_bandwidth_gbps(), "gemm": [], "quant": [], "notes": args.note}
     print(f"{dev_name}: copy {res['copy_gbps']:.0f} GB/s", flush=True)
-    for k in ([] if args.no_quant else QUANT_KS[:3] if args.quick else QUANT_KS):
-        for m in QUANT_MS:
+    for k in ([] if args.no_quant else args.quant_ks[:3] if args.quick else args.quant_ks):
+        for m in args.quant_ms:
             res["quant"].append(quant_row(k, m))
             print(json.dumps(res["quant"][-1]), flush=True)
     save(res, out, False, args.tag)

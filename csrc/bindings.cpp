@@ -24,6 +24,11 @@ void quantize_act_hadamard(std::uintptr_t x, std::uintptr_t smooth, std::uintptr
 void quantize_act_kron(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t left, std::uintptr_t right,
                        std::uintptr_t consts, std::uintptr_t q, std::uintptr_t scale, int64_t M, int n1, int n2,
                        int bits, int dtype, int device, std::uintptr_t stream, float clip_ratio);
+// --- Hadamard quantize_act for a few tokens: a thread-block cluster per token (csrc/quantize_act_hadamard_small.cu)
+bool hadamard_small_fits(int m, int p2, int device);
+void quantize_act_hadamard_small(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t signs,
+                                 std::uintptr_t left, std::uintptr_t q, std::uintptr_t scale, int64_t M, int m,
+                                 int p2, int bits, int dtype, int device, std::uintptr_t stream, float clip_ratio);
 // --- weight-only W3A16 / W4A16 (csrc/weight_only_gemv.cu, csrc/weight_only_dequant.cu)
 void weight_only_gemv(std::uintptr_t x, std::uintptr_t qweight, std::uintptr_t scales, std::uintptr_t zeros,
                       std::uintptr_t bias, int bias_dtype, std::uintptr_t y, int64_t M, int64_t N, int64_t K,
@@ -70,6 +75,16 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("consts"), pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("M"), pybind11::arg("n1"),
         pybind11::arg("n2"), pybind11::arg("bits"), pybind11::arg("dtype"), pybind11::arg("device"),
         pybind11::arg("stream"), pybind11::arg("clip_ratio") = 1.0f);
+  m.def("hadamard_small_fits", &modaq::hadamard_small_fits,
+        "whether quantize_act_hadamard_small takes K = m * p on this device (sm_90, 1 < m <= 176, p >= 128)",
+        pybind11::arg("m"), pybind11::arg("p"), pybind11::arg("device"));
+  m.def("quantize_act_hadamard_small", &modaq::quantize_act_hadamard_small,
+        "randomized Hadamard + per-token quantization, one 8-CTA cluster per token (decode sizes); left: "
+        "H_m^T as bf16 m16n8k16 A fragments",
+        pybind11::arg("x"), pybind11::arg("smooth"), pybind11::arg("signs"), pybind11::arg("left"),
+        pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("M"), pybind11::arg("m"), pybind11::arg("p"),
+        pybind11::arg("bits"), pybind11::arg("dtype"), pybind11::arg("device"), pybind11::arg("stream"),
+        pybind11::arg("clip_ratio") = 1.0f);
   m.def("int_gemv", &modaq::int_gemv,
         "W4A8 / W4A4 / W8A8 GEMV (M <= 16, K % 16 == 0); warps: per CTA, 0 = auto",
         pybind11::arg("x"), pybind11::arg("x_scale"), pybind11::arg("qweight"), pybind11::arg("w_scale"),

@@ -142,11 +142,13 @@ __device__ __forceinline__ void split_fragment(const float (&v)[2 * REGS], uint3
   }
 }
 
-// acc[rt] += H_m^T (exact in one bf16 term: A fragments [rt][ks][32 lanes] in `left`) times the
-// lane's 8-column strip (element k read by load(k), split into 3 bf16 terms): the fp32-accurate
-// H_m mix of one strip on the tensor cores, mt = ceil(m / 16) <= MT row tiles.
-template <int MT, typename Load>
-__device__ __forceinline__ void mix_strip_bf16(float (&acc)[MT][4], const uint4* left, int mt, Load&& load) {
+// acc[j] += row tile rt0 + j of H_m^T (exact in one bf16 term: A fragments [rt][ks][32 lanes] in
+// `left`) times the lane's 8-column strip (element k read by load(k), split into 3 bf16 terms):
+// the fp32-accurate H_m mix of one strip on the tensor cores, row tiles rt0 + j < mt = ceil(m / 16).
+// kLeftShared: `left` points to shared memory (plain loads instead of __ldg).
+template <int MT, bool kLeftShared = false, typename Load>
+__device__ __forceinline__ void mix_strip_bf16(float (&acc)[MT][4], const uint4* left, int mt, Load&& load,
+                                               int rt0 = 0) {
   constexpr int kTerms = 3;
   const int lane = threadIdx.x & 31, c = lane & 3;
   for (int ks = 0; ks < mt; ++ks) {
@@ -155,12 +157,13 @@ __device__ __forceinline__ void mix_strip_bf16(float (&acc)[MT][4], const uint4*
     uint32_t b[kTerms][2];
     split_fragment<kTerms, 2>(v, b);
 #pragma unroll
-    for (int rt = 0; rt < MT; ++rt) {
-      if (rt < mt) {
-        const uint4 f = __ldg(left + static_cast<size_t>(rt * mt + ks) * 32 + lane);
+    for (int j = 0; j < MT; ++j) {
+      if (rt0 + j < mt) {
+        const size_t at = static_cast<size_t>((rt0 + j) * mt + ks) * 32 + lane;
+        const uint4 f = kLeftShared ? left[at] : __ldg(left + at);
         const uint32_t a[4] = {f.x, f.y, f.z, f.w};
 #pragma unroll
-        for (int t = 0; t < kTerms; ++t) mma_m16n8k16<__nv_bfloat16>(acc[rt], a, b[t]);
+        for (int t = 0; t < kTerms; ++t) mma_m16n8k16<__nv_bfloat16>(acc[j], a, b[t]);
       }
     }
   }

@@ -29,7 +29,8 @@
 // 14336 (28 x 512) 17-18%, 18944 (148 x 128) 10%, 1152 (36 x 32) 7-12%.  The kernels this one
 // replaced (generic shared-memory FWHT passes, m <= 60 mixed with fp32 FMAs one token per CTA,
 // larger cores on quantize_act_transform.cu's kernel) took 1.6x (4096), 1.1x (3584), 2.0x
-// (14336) and 2.3x (18944) as long.  At M = 1 a token is one CTA: 14336 in 14 us, 18944 in 28 us.
+// (14336) and 2.3x (18944) as long.  At M = 1 a token is one CTA: 14336 in 14 us, 18944 in 28 us
+// (a few tokens of K >= 8192 take quantize_act_hadamard_small.cu's thread-block clusters instead).
 // What limits it (ncu, first version, K = 3584 / 4096, M = 4096): instruction issue, not DRAM
 // (7-16% busy): 52 (m = 1) and 99 (m = 28) instructions per value at 16 warps per SM (128
 // registers: 2 CTAs), ~6.6 cycles between a warp's instructions, mostly fixed-latency

@@ -230,6 +230,50 @@ def test_hadamard_wide_rows_with_a_core(k):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("k", [3584, 14336, 18944, 172 * 128, 12 * 2048])
+@pytest.mark.parametrize("m", [1, 3, 16])
+def test_hadamard_small_m_cluster_kernel(m, k, bits, monkeypatch):
+    """A few tokens take the cluster kernel (8 CTAs per token, quantize_act_hadamard_small.cu);
+    the persistent kernel, forced with SMALL_M_MAX = 0, gives the same result within the
+    transform's rounding; smoothing, clipping, a zero row and a NaN row."""
+    from modaq.ops import fast_activation
+    calls = []
+    small = fast_activation._cuda._C.quantize_act_hadamard_small
+    monkeypatch.setattr(fast_activation._cuda._C, "quantize_act_hadamard_small",
+                        lambda *a: calls.append(1) or small(*a))
+    monkeypatch.setattr(fast_activation, "SMALL_MIN_K", 0)  # every K here
+    x = _inputs(m, k, torch.bfloat16, seed=k + m)
+    if m == 3:
+        x[1] = 0.0
+        x[2, 5] = float("nan")
+    kw = {"hadamard_signs": random_signs(k, seed=6), "smooth": torch.rand(k) + 0.5}
+    if m == 3:
+        q, s = ops.quantize_act(x.cuda(), bits, clip_ratio=0.9, **{a: t.cuda() for a, t in kw.items()})
+        assert bool(torch.isnan(s[2])) and float(s[1]) == 0.0 and int(q[1].abs().max()) == 0
+        x = x[:1]
+    _compare(x, bits, kw, exact=False, max_flip=1e-3, clip=0.9)
+    assert calls, "the cluster kernel did not run"
+    calls.clear()
+    monkeypatch.setattr(fast_activation, "SMALL_M_MAX", 0)
+    _compare(x, bits, kw, exact=False, max_flip=1e-3, clip=0.9)
+    assert not calls
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,cluster", [(1, 18944, True), (16, 14336, True), (17, 18944, False), (1, 3584, False)])
+def test_hadamard_routing_between_cluster_and_persistent_kernels(m, k, cluster, monkeypatch):
+    """The default rule: the cluster kernel for a few tokens of a long K only (fp16 here)."""
+    from modaq.ops import fast_activation
+    calls = []
+    small = fast_activation._cuda._C.quantize_act_hadamard_small
+    monkeypatch.setattr(fast_activation._cuda._C, "quantize_act_hadamard_small",
+                        lambda *a: calls.append(1) or small(*a))
+    _compare(_inputs(m, k, torch.float16, seed=m), 4, {"hadamard_signs": random_signs(k, seed=2)}, exact=False)
+    assert bool(calls) == cluster
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("k", [4096, 3584])
 def test_hadamard_unaligned_input_takes_the_fallback_kernel(k):
     x = _inputs(5, k, torch.float16, seed=k)

@@ -53,9 +53,26 @@ def _hadamard_fits(m: int, p: int) -> bool:
     return bool(_cuda._C.transform_fits(m, p))
 
 
+# The cluster kernel (quantize_act_hadamard_small.cu: 8 CTAs per token) takes at most SMALL_M_MAX
+# tokens of K >= SMALL_MIN_K; the persistent one (a CTA per token) the rest.  Fitted on an H200
+# (int_gemm_NVIDIA_H200_hadamard_decode.md): K = 18944 M = 1 13 us vs 30, 14336 9 vs 14; at
+# K = 3584 / 4608 the persistent kernel is faster at every M (5.0 vs 6.1 us at M = 1).
+SMALL_M_MAX = 16
+SMALL_MIN_K = 8192
+
+
+@functools.lru_cache(maxsize=None)
+def _hadamard_small_fits(m: int, p: int, device: int) -> bool:
+    return bool(_cuda._C.hadamard_small_fits(m, p, device))
+
+
 @functools.lru_cache(maxsize=None)
 def _kron_fits(n1: int, n2: int, device: int) -> bool:
     return bool(_cuda._C.kron_fits(n1, n2, device))
+
+
+def _aligned(*tensors) -> bool:
+    return all(t is None or t.data_ptr() % 16 == 0 for t in tensors)
 
 
 @register_fast("quantize_act", "cuda", _cuda.available)
@@ -78,7 +95,12 @@ def quantize_act_cuda(x, bits, smooth, hadamard_signs, kron_left, kron_right, cl
     dev, stream = _cuda.launch_args(x)
     common = (bits, _cuda.DTYPE_CODE[x.dtype], dev, stream, float(clip_ratio))  # clip: fp32 in the kernel
     ptr = _cuda.ptr
-    if hadamard_signs is not None:
+    if hadamard_signs is not None and core > 1 and m <= SMALL_M_MAX and k >= SMALL_MIN_K \
+            and _aligned(x, smooth, hadamard_signs) and _hadamard_small_fits(core, p, x.device.index):
+        left = _hadamard_left(core, x.device)[0]
+        _cuda._C.quantize_act_hadamard_small(ptr(x), ptr(smooth), ptr(hadamard_signs), ptr(left), ptr(q),
+                                             ptr(scale), m, core, p, *common)
+    elif hadamard_signs is not None:
         left, left_tf32 = _hadamard_left(core, x.device) if core > 1 else (None, None)
         _cuda._C.quantize_act_hadamard(ptr(x), ptr(smooth), ptr(hadamard_signs), ptr(left), ptr(left_tf32), ptr(q),
                                        ptr(scale), m, core, p, *common)
