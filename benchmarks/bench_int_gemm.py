@@ -209,6 +209,7 @@ def markdown(res: dict) -> str:
 def save(res: dict, out: Path, final: bool, tag: str = "") -> None:
     from modaq.triton_kernels import int_gemm as tk
     res["chosen_tiles"] = {str(k): v for k, v in tk._CHOSEN.items()}
+    res["tile_timings_ms"] = {str(k): [[cfg, ms] for cfg, ms in v] for k, v in tk._TIMED.items()}
     out.mkdir(parents=True, exist_ok=True)
     stem = "int_gemm_" + res["device"].replace(" ", "_").replace("/", "_") + (f"_{tag}" if tag else "")
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1))

@@ -99,6 +99,23 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
                 err = float((y.float() - ref.float()).abs().max())
                 tol = 0.0 if out_dtype == torch.float32 else 1e-2 * float(ref.float().abs().max())
                 assert y.dtype == out_dtype and err <= tol, (m, n, k, name, cfg, err)
+    tma = dict(BM=32, BN=32, BK=128, GROUP_M=2, num_warps=4, num_stages=1, tma=True)
+    for (m, n, k) in [(70, 40, 256), (5, 33, 1152)]:  # the persistent TMA kernel (int_gemm_tma.py)
+        for name, (ab, wb) in {"w4a8_gemm": (8, 4), "w4a4_gemm": (4, 4), "w8a8_gemm": (8, 8)}.items():
+            for cfg in ((tma, dict(tma, expand=True)) if ab == 8 else (dict(tma, expand=True),)):
+                xq, xs = R.quantize_act(torch.randn(m, k), ab)
+                wq, ws = F.quantize_weight_sym(torch.randn(n, k), wb)
+                pw = F.pack_w8(wq) if wb == 8 else F.pack_w4_sym(wq)
+                b = torch.randn(n)
+                y = int_gemm(xq, xs, pw, ws, b, torch.float32, ab, wb, cfg)
+                assert torch.equal(y, getattr(R, name)(xq, xs, pw, ws, b, torch.float32)), (m, n, k, name, cfg)
+    xq, xs = R.quantize_act(torch.randn(3, 200), 8)
+    wq, ws = F.quantize_weight_sym(torch.randn(8, 200), 4)
+    try:  # K % 128 != 0: the 4-bit TMA kernel refuses (the tuner then skips the candidate)
+        int_gemm(xq, xs, F.pack_w4_sym(wq), ws, None, torch.float32, 8, 4, tma)
+        raise AssertionError("K = 200 W4 TMA config was not refused")
+    except ValueError as e:
+        assert "TMA" in str(e)
     print("interpreter ok")
 """)
 
@@ -111,6 +128,28 @@ def test_triton_int_gemm_under_interpreter():
 
 
 # ---------------------------------------------------------------------------- GPU
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(GEMMS))
+@pytest.mark.parametrize("m,n,k", [(300, 264, 1152), (129, 4304, 3584), (1030, 1152, 4352)])
+def test_tma_tile_candidates_match_the_reference(name, m, n, k):
+    """Every persistent-TMA candidate the tuner may pick (forced here), with M / N tails."""
+    from modaq.triton_kernels.int_gemm import candidates, int_gemm
+    ab, wb = GEMMS[name]
+    xq, xs, pw, ws, b = _problem(name, m, n, k, torch.float16)
+    ref = getattr(R, name)(xq, xs, pw, ws, b, torch.float16).float()
+    args = [t.cuda() for t in (xq, xs, pw, ws, b)]
+    tried = 0
+    for cfg in (c for c in candidates(m, n, k, wb) if c.get("tma")):
+        if ab == 4 and not cfg.get("expand"):
+            continue  # 4-bit activations take the TMA kernel only expanded
+        torch.full((64 << 20,), float("nan"), device="cuda")
+        y = int_gemm(*args, torch.float16, ab, wb, cfg).float().cpu()
+        assert bool(torch.isfinite(y).all()), cfg
+        assert torch.allclose(y, ref, rtol=1e-2, atol=1e-4 * float(ref.abs().max())), cfg
+        tried += 1
+    assert tried >= 2
+
 
 def _problem(name, m, n, k, dtype, bias=True, seed=0):
     ab, wb = GEMMS[name]

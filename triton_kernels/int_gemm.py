@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .int_gemm_tma import launch_tma, tma_fits
+
 PAIR_BLOCK = 128  # must match modaq.formats.PAIR_BLOCK (passed to the kernel as PB)
 
 
@@ -191,7 +193,11 @@ def candidates(m: int, n: int, k: int, w_bits: int) -> list[dict]:
     M <= 16: weight-streaming (memory-bound) tiles, BM = 16 (mma.sync), long K slices so each
     CTA keeps several KB of weights in flight; BN = 16 doubles the CTA count for narrow N.
     Larger M: wgmma tiles (BM >= 64), 128 x 256 x 128 (the 8-bit Hopper tutorial shape) or
-    128 x 128 x 128 with one more pipeline stage; M <= 16 and large M also try SWAP.
+    128 x 128 x 128 with one more pipeline stage; M <= 16 and large M also try SWAP.  M > 64
+    also tries the persistent TMA kernel (int_gemm_tma.py) and, for 4-bit weights, int4 -> int8
+    expansion first: on an H200 expansion won W4A8 / W4A4 on every 7B shape at M = 512-4096,
+    ~2x over the in-register unpack, through the TMA kernel on most of them
+    (int_gemm_NVIDIA_H200_prefill_tma.md).
     MODAQ_INT_GEMM_TUNE=0 skips the timing and takes the first candidate.
     """
     bk_small = 512 if w_bits == 4 else 256
@@ -201,14 +207,18 @@ def candidates(m: int, n: int, k: int, w_bits: int) -> list[dict]:
     elif m <= 64:
         cands = [_cfg(64, 64, 128, 4, 4), _cfg(32, 64, 256, 4, 4)]
     elif m <= 512:
-        cands = [_cfg(64, 128, 128, 4, 4), _cfg(64, 64, 128, 4, 4)]
+        cands = [_cfg(64, 128, 128, 4, 4), _cfg(64, 64, 128, 4, 4), _cfg(128, 128, 128, 8, 4)]
     else:
         cands = [_cfg(128, 256, 128, 8, 3), _cfg(128, 128, 128, 8, 4), _cfg(128, 256, 128, 8, 3, swap=True)]
+    if m > 64:
+        # persistent TMA kernels (int_gemm_tma.py); launch() refuses problems they do not take
+        cands += [dict(_cfg(128, 256, 128, 8, 3), tma=True), dict(_cfg(128, 128, 128, 8, 4), tma=True)]
         if w_bits == 4:
             # the fused int4 unpack feeds wgmma through a register -> shared-memory round trip
             # (~500 TOPS on H100); expanding to int8 first costs ~1.5 bytes per weight of
             # traffic and runs the ~1000-TOPS W8 kernel, which wins once M amortizes it
-            cands.append(dict(_cfg(128, 256, 128, 8, 3), expand=True))
+            cands += [dict(_cfg(128, 256, 128, 8, 3), expand=True), dict(_cfg(128, 256, 128, 8, 3), expand=True, tma=True),
+                      dict(_cfg(128, 128, 128, 8, 4), expand=True, tma=True)]
     return cands
 
 
@@ -221,6 +231,10 @@ def launch(cfg: dict, a, a_scale, w, w_scale, bias, out, a_bits: int, w_bits: in
             w, w_bits = expand_int4(w, k), 8
         if a_bits == 4:
             a, a_bits = expand_int4(a, k), 8
+    if cfg.get("tma"):
+        if not tma_fits(a, w, k, a_bits, w_bits):
+            raise ValueError("int_gemm: the TMA kernel does not take this problem (alignment, K, a_bits)")
+        return launch_tma(cfg, a, a_scale, w, w_scale, bias, out, w_bits)
     grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]),)
     int_gemm_kernel[grid](
         a, a_scale, w, w_scale, bias if bias is not None else w_scale, out, m, n, k,
@@ -231,6 +245,7 @@ def launch(cfg: dict, a, a_scale, w, w_scale, bias, out, a_bits: int, w_bits: in
 
 
 _CHOSEN: dict[tuple, dict] = {}  # problem key -> config that measured fastest
+_TIMED: dict[tuple, list] = {}  # problem key -> [(config, median ms of 3 launches)] of the tuning
 
 
 def _bucket(m: int) -> int:
@@ -278,6 +293,7 @@ def _choose(key, cands, run, fallback, timer=_cuda_ms) -> dict:
         for i, cfg in enumerate(built):
             times[i].append(timer(run, cfg))
     medians = [sorted(t)[len(t) // 2] if t else 0.0 for t in times]
+    _TIMED[key] = list(zip(built, medians))
     best = built[min(range(len(built)), key=medians.__getitem__)] if built else None
     if best is None and fallback is not None:
         run(fallback)  # raises if even the expanded W8 path cannot run
