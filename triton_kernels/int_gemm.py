@@ -219,6 +219,8 @@ def candidates(m: int, n: int, k: int, w_bits: int) -> list[dict]:
             # traffic and runs the ~1000-TOPS W8 kernel, which wins once M amortizes it
             cands += [dict(_cfg(128, 256, 128, 8, 3), expand=True), dict(_cfg(128, 256, 128, 8, 3), expand=True, tma=True),
                       dict(_cfg(128, 128, 128, 8, 4), expand=True, tma=True)]
+            if m <= 512:  # the W8 kernel's fastest tile at M = 512 on most 7B shapes
+                cands.append(dict(_cfg(64, 128, 128, 4, 4), expand=True))
     return cands
 
 
