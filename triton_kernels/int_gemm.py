@@ -211,9 +211,11 @@ def candidates(m: int, n: int, k: int, w_bits: int) -> list[dict]:
     else:
         cands = [_cfg(128, 256, 128, 8, 3), _cfg(128, 128, 128, 8, 4), _cfg(128, 256, 128, 8, 3, swap=True)]
     if m > 64:
-        # persistent TMA kernels (int_gemm_tma.py); launch() refuses problems they do not take
-        cands += [dict(_cfg(128, 256, 128, 8, 3), tma=True), dict(_cfg(128, 128, 128, 8, 4), tma=True)]
-        if w_bits == 4:
+        # persistent TMA kernels (int_gemm_tma.py, int8 operands); launch() refuses problems they
+        # do not take
+        if w_bits == 8:
+            cands += [dict(_cfg(128, 256, 128, 8, 3), tma=True), dict(_cfg(128, 128, 128, 8, 4), tma=True)]
+        else:
             # the fused int4 unpack feeds wgmma through a register -> shared-memory round trip
             # (~500 TOPS on H100); expanding to int8 first costs ~1.5 bytes per weight of
             # traffic and runs the ~1000-TOPS W8 kernel, which wins once M amortizes it
@@ -236,7 +238,7 @@ def launch(cfg: dict, a, a_scale, w, w_scale, bias, out, a_bits: int, w_bits: in
     if cfg.get("tma"):
         if not tma_fits(a, w, k, a_bits, w_bits):
             raise ValueError("int_gemm: the TMA kernel does not take this problem (alignment, K, a_bits)")
-        return launch_tma(cfg, a, a_scale, w, w_scale, bias, out, w_bits)
+        return launch_tma(cfg, a, a_scale, w, w_scale, bias, out)
     grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]),)
     int_gemm_kernel[grid](
         a, a_scale, w, w_scale, bias if bias is not None else w_scale, out, m, n, k,

@@ -1,12 +1,12 @@
 """Persistent TMA variant of the integer GEMM (int_gemm.py's formats, layouts and epilogue).
 
-One CTA per SM walks the output tiles in int_gemm_kernel's grouped order; operand tiles come
-through tensor descriptors (TMA on sm_90: no address arithmetic in the main loop, zero fill
-past M / N / K), so the software pipeline keeps `num_stages` tile loads in flight across the
-K loop.  W8: a [BM, BK] and w [BN, BK] int8 tiles, one int8 dot per step.  W4 (K % 128 == 0,
-A8 only): the packed [BN, 64] weight bytes of a 128-block unpack with two shifts into the
-tiles for k0..k0+63 and k0+64..k0+127 (the half-block pairing), each dotted with its own
-[BM, 64] activation tile.
+One CTA per SM walks the output tiles in int_gemm_kernel's grouped order; the int8 a [BM, BK]
+and w [BN, BK] tiles come through tensor descriptors (TMA on sm_90: no address arithmetic in
+the main loop, zero fill past M / N / K), so the software pipeline keeps `num_stages` tile
+loads in flight across the K loop.  8-bit operands only: 4-bit weights / activations reach it
+expanded to int8 (int_gemm.expand_int4).  A 4-bit-weight variant that unpacked the TMA-loaded
+bytes in registers never won a problem on an H200 (int_gemm_NVIDIA_H200_prefill_tma.md: like
+the pointer kernel's in-register unpack it feeds wgmma through shared memory) and was dropped.
 
 These are extra tile candidates of int_gemm.candidates (key "tma"); the tuner times them
 against the pointer-load kernel and keeps whichever is faster per problem shape.
@@ -35,8 +35,8 @@ def _tile_coords(tile, tiles_m, tiles_n, GROUP_M: tl.constexpr):
 
 @triton.jit
 def int_gemm_tma_kernel(a_desc, w_desc, a_scale_ptr, w_scale_ptr, bias_ptr, out_ptr, M, N, K, stride_om,
-                        W4: tl.constexpr, HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                        BK: tl.constexpr, GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr):
+                        HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                        GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr):
     tiles_m = tl.cdiv(M, BM)
     tiles_n = tl.cdiv(N, BN)
     k_steps = tl.cdiv(K, BK)
@@ -44,17 +44,9 @@ def int_gemm_tma_kernel(a_desc, w_desc, a_scale_ptr, w_scale_ptr, bias_ptr, out_
         pid_m, pid_n = _tile_coords(tile, tiles_m, tiles_n, GROUP_M)
         acc = tl.zeros([BM, BN], dtype=tl.int32)
         for ks in range(k_steps):
-            k0 = ks * BK
-            if W4:  # BK = 128: one half-block-paired block
-                wp = w_desc.load([pid_n * BN, k0 // 2]).to(tl.int8, bitcast=True)
-                a_lo = a_desc.load([pid_m * BM, k0])
-                a_hi = a_desc.load([pid_m * BM, k0 + BK // 2])
-                acc = tl.dot(a_lo, tl.trans((wp << 4) >> 4), acc, out_dtype=tl.int32)
-                acc = tl.dot(a_hi, tl.trans(wp >> 4), acc, out_dtype=tl.int32)
-            else:
-                a = a_desc.load([pid_m * BM, k0])
-                w = w_desc.load([pid_n * BN, k0])
-                acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
+            a = a_desc.load([pid_m * BM, ks * BK])
+            w = w_desc.load([pid_n * BN, ks * BK])
+            acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
         offs_m = pid_m * BM + tl.arange(0, BM)
         offs_n = pid_n * BN + tl.arange(0, BN)
         m_ok = offs_m < M
@@ -70,32 +62,29 @@ def int_gemm_tma_kernel(a_desc, w_desc, a_scale_ptr, w_scale_ptr, bias_ptr, out_
 
 
 def tma_fits(a: torch.Tensor, w: torch.Tensor, k: int, a_bits: int, w_bits: int) -> bool:
-    """Whether the TMA kernel takes this problem: a Triton with tensor descriptors, 8-bit
-    activations, 16-byte aligned bases and row strides, K % 128 == 0 for 4-bit weights."""
-    if TensorDescriptor is None or a_bits != 8:
+    """Whether the TMA kernel takes this problem: a Triton with tensor descriptors, int8
+    operands, 16-byte aligned bases and row strides (K % 16 == 0)."""
+    if TensorDescriptor is None or a_bits != 8 or w_bits != 8:
         return False
     if a.is_cuda and torch.cuda.get_device_capability(a.device)[0] < 9:
         return False
     if not a.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         return False
-    row_bytes = k // 2 if w_bits == 4 else k
-    return (k % 16 == 0 and (w_bits == 8 or k % 128 == 0) and a.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0
-            and a.stride(0) % 16 == 0 and w.stride(0) == row_bytes and row_bytes % 16 == 0)
+    return (k % 16 == 0 and a.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0 and a.stride(0) % 16 == 0
+            and w.stride(0) % 16 == 0)
 
 
-def launch_tma(cfg: dict, a, a_scale, w, w_scale, bias, out, w_bits: int) -> None:
-    """One persistent launch (grid = min(tiles, SMs)) of int_gemm_tma_kernel with tile config cfg."""
+def launch_tma(cfg: dict, a, a_scale, w, w_scale, bias, out) -> None:
+    """One persistent launch (grid = min(tiles, SMs)) of int_gemm_tma_kernel with tile config cfg
+    on int8 a [M, K], w [N, K]."""
     m, n = out.shape
     k = a.shape[1]
     bm, bn, bk = cfg["BM"], cfg["BN"], cfg["BK"]
-    w4 = w_bits == 4
-    if w4 and bk != 128:
-        raise ValueError(f"int_gemm_tma: 4-bit weights take BK = 128 (one paired block), got {bk}")
-    a_desc = TensorDescriptor(a, [m, k], [a.stride(0), 1], [bm, bk // 2 if w4 else bk])
-    w_desc = TensorDescriptor(w, [n, k // 2 if w4 else k], [w.stride(0), 1], [bn, bk // 2 if w4 else bk])
+    a_desc = TensorDescriptor(a, [m, k], [a.stride(0), 1], [bm, bk])
+    w_desc = TensorDescriptor(w, [n, k], [w.stride(0), 1], [bn, bk])
     sms = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else 3  # 3: interpreter
     grid = (min(sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
     int_gemm_tma_kernel[grid](
         a_desc, w_desc, a_scale, w_scale, bias if bias is not None else w_scale, out, m, n, k, out.stride(0),
-        W4=w4, HAS_BIAS=bias is not None, BM=bm, BN=bn, BK=bk, GROUP_M=cfg["GROUP_M"], NUM_SMS=sms,
+        HAS_BIAS=bias is not None, BM=bm, BN=bn, BK=bk, GROUP_M=cfg["GROUP_M"], NUM_SMS=sms,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
