@@ -3,8 +3,11 @@
 GEMM: modaq W8A8 / W4A8 / W4A4 (GEMM alone, and the whole quantized linear = ops.int_linear:
 quantize_act + GEMM, one fused kernel at decode sizes; at M <= 16 also the two kernels) against torch FP16 F.linear, torch._int_mm (cuBLAS int8) and torch._scaled_mm (FP8
 e4m3, per-tensor scales) on the 7B shapes (K x N) and SigLIP's, M in {1, 16, 1024, 4096,
-16384}.  quantize_act: GB/s (bytes read + written) of the plain, Hadamard and Kronecker
-variants vs a measured device-to-device copy.
+16384} (--ms).  quantize_act: GB/s (bytes read + written) of the plain, Hadamard and Kronecker
+variants vs a measured device-to-device copy (--quant-ms / --quant-ks); the Hadamard variant
+also with each of its two kernels forced (a CTA per token, or the 8-CTA cluster of decode sizes).
+The JSON keeps the integer GEMM tuner's pick (chosen_tiles) and every candidate's time
+(tile_timings_ms) per problem.
 
 Timing: every measurement is a CUDA graph of `inner` back-to-back calls (no launch / Python
 overhead), replayed `reps` times; the median replay / inner is reported.  When one call's
