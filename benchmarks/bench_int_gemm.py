@@ -142,17 +142,19 @@ def quant_row(k: int, m: int) -> dict:
     n1, n2 = kron_factors(k, multiple_of=16)
     variants[f"kron_{n1}x{n2}"] = {"kron_left": torch.randn(n1, n1, device="cuda"),
                                    "kron_right": torch.randn(n2, n2, device="cuda")}
-    for name, kw in variants.items():
+    def timed(kw):
         t = time_graph(lambda i: ops.quantize_act(x, 8, **kw), 1, nbytes / 2e12)
-        row[name] = {"us": t * 1e6, "gbps": nbytes / t / 1e9}
+        return {"us": t * 1e6, "gbps": nbytes / t / 1e9}
+
+    for name, kw in variants.items():
+        row[name] = timed(kw)
     if "hadamard" in variants:  # both Hadamard kernels, forced (fits fast_activation's SMALL_* rule)
         from modaq.ops import fast_activation
         routed = fast_activation.SMALL_M_MAX, fast_activation.SMALL_MIN_K
         for name, (small_max, min_k) in (("hadamard_cta_per_token", (0, 0)), ("hadamard_cluster", (1 << 30, 0))):
             fast_activation.SMALL_M_MAX, fast_activation.SMALL_MIN_K = small_max, min_k
             try:
-                t = time_graph(lambda i: ops.quantize_act(x, 8, **variants["hadamard"]), 1, nbytes / 2e12)
-                row[name] = {"us": t * 1e6, "gbps": nbytes / t / 1e9}
+                row[name] = timed(variants["hadamard"])
             finally:
                 fast_activation.SMALL_M_MAX, fast_activation.SMALL_MIN_K = routed
     return row

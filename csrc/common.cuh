@@ -29,6 +29,26 @@ inline cudaStream_t enter(int device, std::uintptr_t stream) {
 
 inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
 
+// Launch kernel(args) on `grid` in thread-block clusters of cluster_x CTAs along x (the CTAs of a
+// cluster share distributed shared memory); cluster_x <= 1 is a plain launch.
+template <typename Kernel, typename Args>
+void launch_clustered(Kernel kernel, dim3 grid, int threads, size_t smem, cudaStream_t stream, int cluster_x,
+                      const Args& args, const char* what) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = cluster_x;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = cluster_x > 1 ? 1 : 0;
+  check_cuda(cudaLaunchKernelEx(&cfg, kernel, args), what);
+}
+
 template <typename T> __device__ __forceinline__ float to_float(T v);
 template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
 template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }

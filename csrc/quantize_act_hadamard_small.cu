@@ -215,19 +215,8 @@ void launch_small(const SParams& p, int64_t M, size_t smem, cudaStream_t s) {
   auto kernel = hadamard_small_kernel<T, BITS>;
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
              "cudaFuncSetAttribute(quantize_act_hadamard_small)");
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(M * kC));
-  cfg.blockDim = dim3(kSThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = kC;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  check_cuda(cudaLaunchKernelEx(&cfg, kernel, p), "quantize_act_hadamard_small launch");
+  launch_clustered(kernel, dim3(static_cast<unsigned>(M * kC)), kSThreads, smem, s, kC, p,
+                   "quantize_act_hadamard_small launch");
 }
 
 }  // namespace

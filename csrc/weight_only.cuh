@@ -251,19 +251,7 @@ struct GemvArgs {
 template <typename Kernel>
 void launch_split_k(Kernel kernel, dim3 grid, int threads, size_t smem, cudaStream_t stream, int splits,
                     const GemvArgs& p) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(threads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = splits;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = splits > 1 ? 1 : 0;
-  check_cuda(cudaLaunchKernelEx(&cfg, kernel, p), "weight_only_gemv launch");
+  launch_clustered(kernel, grid, threads, smem, stream, splits, p, "weight_only_gemv launch");
 }
 
 }  // namespace woq

@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .int_gemm_common import store_scaled, tile_coords
 from .int_gemm_tma import launch_tma, tma_fits
 
 PAIR_BLOCK = 128  # must match modaq.formats.PAIR_BLOCK (passed to the kernel as PB)
@@ -116,15 +117,7 @@ def int_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, M
                     A4: tl.constexpr, W4: tl.constexpr, HAS_BIAS: tl.constexpr, PB: tl.constexpr,
                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
                     SWAP: tl.constexpr):
-    # grouped tile order: GROUP_M row-tiles share each weight column-tile while it is in L2
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BM)
-    tiles_n = tl.cdiv(N, BN)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    group_m = min(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_m
-    pid_n = (pid % per_group) // group_m
+    pid_m, pid_n = tile_coords(tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN), GROUP_M)
 
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
@@ -145,16 +138,7 @@ def int_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, M
     if SWAP:
         acc = tl.trans(acc)
 
-    m_ok = offs_m < M
-    n_ok = offs_n < N
-    a_scale = tl.load(a_scale_ptr + offs_m, mask=m_ok, other=0.0)
-    w_scale = tl.load(w_scale_ptr + offs_n, mask=n_ok, other=0.0)
-    y = acc.to(tl.float32) * a_scale[:, None]
-    y = y * w_scale[None, :]
-    if HAS_BIAS:
-        y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    out = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
-    tl.store(out, y.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    store_scaled(acc, offs_m, offs_n, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS)
 
 
 @triton.jit

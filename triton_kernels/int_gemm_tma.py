@@ -13,6 +13,7 @@ against the pointer-load kernel and keeps whichever is faster per problem shape.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -24,13 +25,7 @@ try:
 except ImportError:  # an older Triton: no TMA candidates
     TensorDescriptor = None
 
-
-@triton.jit
-def _tile_coords(tile, tiles_m, tiles_n, GROUP_M: tl.constexpr):
-    per_group = GROUP_M * tiles_n
-    first_m = (tile // per_group) * GROUP_M
-    group_m = min(tiles_m - first_m, GROUP_M)
-    return first_m + (tile % per_group) % group_m, (tile % per_group) // group_m
+from .int_gemm_common import store_scaled, tile_coords
 
 
 @triton.jit
@@ -41,7 +36,7 @@ def int_gemm_tma_kernel(a_desc, w_desc, a_scale_ptr, w_scale_ptr, bias_ptr, out_
     tiles_n = tl.cdiv(N, BN)
     k_steps = tl.cdiv(K, BK)
     for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, NUM_SMS):
-        pid_m, pid_n = _tile_coords(tile, tiles_m, tiles_n, GROUP_M)
+        pid_m, pid_n = tile_coords(tile, tiles_m, tiles_n, GROUP_M)
         acc = tl.zeros([BM, BN], dtype=tl.int32)
         for ks in range(k_steps):
             a = a_desc.load([pid_m * BM, ks * BK])
@@ -49,16 +44,14 @@ def int_gemm_tma_kernel(a_desc, w_desc, a_scale_ptr, w_scale_ptr, bias_ptr, out_
             acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
         offs_m = pid_m * BM + tl.arange(0, BM)
         offs_n = pid_n * BN + tl.arange(0, BN)
-        m_ok = offs_m < M
-        n_ok = offs_n < N
-        a_scale = tl.load(a_scale_ptr + offs_m, mask=m_ok, other=0.0)
-        w_scale = tl.load(w_scale_ptr + offs_n, mask=n_ok, other=0.0)
-        y = acc.to(tl.float32) * a_scale[:, None]
-        y = y * w_scale[None, :]
-        if HAS_BIAS:
-            y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        out = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
-        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+        store_scaled(acc, offs_m, offs_n, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_facts(index: int) -> tuple[int, int]:
+    """(compute capability major, SM count): looked up once per device, not per GEMM call."""
+    props = torch.cuda.get_device_properties(index)
+    return props.major, props.multi_processor_count
 
 
 def tma_fits(a: torch.Tensor, w: torch.Tensor, k: int, a_bits: int, w_bits: int) -> bool:
@@ -66,7 +59,7 @@ def tma_fits(a: torch.Tensor, w: torch.Tensor, k: int, a_bits: int, w_bits: int)
     operands, 16-byte aligned bases and row strides (K % 16 == 0)."""
     if TensorDescriptor is None or a_bits != 8 or w_bits != 8:
         return False
-    if a.is_cuda and torch.cuda.get_device_capability(a.device)[0] < 9:
+    if a.is_cuda and _device_facts(a.device.index)[0] < 9:
         return False
     if not a.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         return False
@@ -82,7 +75,7 @@ def launch_tma(cfg: dict, a, a_scale, w, w_scale, bias, out) -> None:
     bm, bn, bk = cfg["BM"], cfg["BN"], cfg["BK"]
     a_desc = TensorDescriptor(a, [m, k], [a.stride(0), 1], [bm, bk])
     w_desc = TensorDescriptor(w, [n, k], [w.stride(0), 1], [bn, bk])
-    sms = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else 3  # 3: interpreter
+    sms = _device_facts(a.device.index)[1] if a.is_cuda else 3  # 3: interpreter
     grid = (min(sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
     int_gemm_tma_kernel[grid](
         a_desc, w_desc, a_scale, w_scale, bias if bias is not None else w_scale, out, m, n, k, out.stride(0),

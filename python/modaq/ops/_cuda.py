@@ -36,6 +36,11 @@ def ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+def aligned16(*tensors: torch.Tensor | None) -> bool:
+    """Every given tensor (None skipped) starts on a 16-byte boundary (the kernels' vector loads)."""
+    return all(t is None or t.data_ptr() % 16 == 0 for t in tensors)
+
+
 def launch_args(t: torch.Tensor) -> tuple[int, int]:
     """(device index, current stream handle) for a launch on t's device."""
     return t.device.index, torch.cuda.current_stream(t.device).cuda_stream

@@ -71,10 +71,6 @@ def _kron_fits(n1: int, n2: int, device: int) -> bool:
     return bool(_cuda._C.kron_fits(n1, n2, device))
 
 
-def _aligned(*tensors) -> bool:
-    return all(t is None or t.data_ptr() % 16 == 0 for t in tensors)
-
-
 @register_fast("quantize_act", "cuda", _cuda.available)
 def quantize_act_cuda(x, bits, smooth, hadamard_signs, kron_left, kron_right, clip_ratio=1.0):
     from .reference import quantize_act as reference
@@ -96,7 +92,7 @@ def quantize_act_cuda(x, bits, smooth, hadamard_signs, kron_left, kron_right, cl
     common = (bits, _cuda.DTYPE_CODE[x.dtype], dev, stream, float(clip_ratio))  # clip: fp32 in the kernel
     ptr = _cuda.ptr
     if hadamard_signs is not None and core > 1 and m <= SMALL_M_MAX and k >= SMALL_MIN_K \
-            and _aligned(x, smooth, hadamard_signs) and _hadamard_small_fits(core, p, x.device.index):
+            and _cuda.aligned16(x, smooth, hadamard_signs) and _hadamard_small_fits(core, p, x.device.index):
         left = _hadamard_left(core, x.device)[0]
         _cuda._C.quantize_act_hadamard_small(ptr(x), ptr(smooth), ptr(hadamard_signs), ptr(left), ptr(q),
                                              ptr(scale), m, core, p, *common)

@@ -38,7 +38,7 @@ GEMV_MAX_M = 16
 def gemv_fits(xq, qweight, k: int) -> bool:
     """The CUDA GEMV takes this problem: M <= 16, K % 16 == 0, operands 16-byte aligned."""
     return (xq.shape[0] <= GEMV_MAX_M and k > 0 and k % 16 == 0 and _cuda.available()
-            and xq.data_ptr() % 16 == 0 and qweight.data_ptr() % 16 == 0)
+            and _cuda.aligned16(xq, qweight))
 
 
 def int_gemv(a_bits, w_bits, xq, x_scale, qweight, w_scale, bias, out_dtype, warps: int = 0):
@@ -100,7 +100,7 @@ def fused_fits(x, smooth, qweight, n: int, hadamard_signs=None, kron_left=None) 
     m, k = x.shape
     if not (hadamard_signs is None and kron_left is None and x.dtype in (torch.float16, torch.bfloat16)
             and 0 < m <= GEMV_MAX_M and k % 16 == 0 and m * k <= FUSED_MAX_X_BYTES and _cuda.available()
-            and all(t is None or t.data_ptr() % 16 == 0 for t in (x, smooth, qweight))):
+            and _cuda.aligned16(x, smooth, qweight)):
         return False
     ctas_per_sm = -(-(-(-n // 16)) // _sm_count(x.device))
     return ctas_per_sm * m * k <= FUSED_MAX_VALUES_PER_SM
