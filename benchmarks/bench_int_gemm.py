@@ -5,7 +5,8 @@ quantize_act + GEMM, one fused kernel at decode sizes; at M <= 16 also the two k
 e4m3, per-tensor scales) on the 7B shapes (K x N) and SigLIP's, M in {1, 16, 1024, 4096,
 16384} (--ms).  quantize_act: GB/s (bytes read + written) of the plain, Hadamard and Kronecker
 variants vs a measured device-to-device copy (--quant-ms / --quant-ks); the Hadamard variant
-also with each of its two kernels forced (a CTA per token, or the 8-CTA cluster of decode sizes).
+also with each of its kernels forced where it takes K (persistent, the 8-CTA cluster of decode
+sizes, mix first).
 The JSON keeps the integer GEMM tuner's pick (chosen_tiles) and every candidate's time
 (tile_timings_ms) per problem.
 
@@ -148,15 +149,16 @@ def quant_row(k: int, m: int) -> dict:
 
     for name, kw in variants.items():
         row[name] = timed(kw)
-    if "hadamard" in variants:  # both Hadamard kernels, forced (fits fast_activation's SMALL_* rule)
+    if "hadamard" in variants:  # each Hadamard kernel, forced where it takes K (fast_activation)
         from modaq.ops import fast_activation
-        routed = fast_activation.SMALL_M_MAX, fast_activation.SMALL_MIN_K
-        for name, (small_max, min_k) in (("hadamard_cta_per_token", (0, 0)), ("hadamard_cluster", (1 << 30, 0))):
-            fast_activation.SMALL_M_MAX, fast_activation.SMALL_MIN_K = small_max, min_k
+        for kernel in ("persistent", "cluster", "mix"):
+            fast_activation.FORCE_HADAMARD = kernel
             try:
-                row[name] = timed(variants["hadamard"])
+                row[f"hadamard_{kernel}"] = timed(variants["hadamard"])
+            except ValueError:  # that kernel does not take this K
+                pass
             finally:
-                fast_activation.SMALL_M_MAX, fast_activation.SMALL_MIN_K = routed
+                fast_activation.FORCE_HADAMARD = None
     return row
 
 

@@ -29,6 +29,12 @@ bool hadamard_small_fits(int m, int p2, int device);
 void quantize_act_hadamard_small(std::uintptr_t x, std::uintptr_t smooth, std::uintptr_t signs,
                                  std::uintptr_t left, std::uintptr_t q, std::uintptr_t scale, int64_t M, int m,
                                  int p2, int bits, int dtype, int device, std::uintptr_t stream, float clip_ratio);
+// --- Hadamard quantize_act, mix first (csrc/quantize_act_hadamard_mix.cu)
+bool hadamard_mix_fits(int m, int p2, int device);
+int hadamard_mix_rows(int m, int p2);
+void quantize_act_hadamard_mix(std::uintptr_t x, std::uintptr_t signs, std::uintptr_t left, std::uintptr_t q,
+                               std::uintptr_t scale, int64_t M, int m, int p2, int bits, int dtype, int device,
+                               std::uintptr_t stream, float clip_ratio);
 // --- weight-only W3A16 / W4A16 (csrc/weight_only_gemv.cu, csrc/weight_only_dequant.cu)
 void weight_only_gemv(std::uintptr_t x, std::uintptr_t qweight, std::uintptr_t scales, std::uintptr_t zeros,
                       std::uintptr_t bias, int bias_dtype, std::uintptr_t y, int64_t M, int64_t N, int64_t K,
@@ -83,6 +89,20 @@ PYBIND11_MODULE(_C, m) {
         "H_m^T as bf16 m16n8k16 A fragments",
         pybind11::arg("x"), pybind11::arg("smooth"), pybind11::arg("signs"), pybind11::arg("left"),
         pybind11::arg("q"), pybind11::arg("scale"), pybind11::arg("M"), pybind11::arg("m"), pybind11::arg("p"),
+        pybind11::arg("bits"), pybind11::arg("dtype"), pybind11::arg("device"), pybind11::arg("stream"),
+        pybind11::arg("clip_ratio") = 1.0f);
+  m.def("hadamard_mix_fits", &modaq::hadamard_mix_fits,
+        "whether quantize_act_hadamard_mix takes K = m * p on this device (p >= 32, K % 128 == 0, "
+        "K / min(p, 128) <= 176)",
+        pybind11::arg("m"), pybind11::arg("p"), pybind11::arg("device"));
+  m.def("hadamard_mix_rows", &modaq::hadamard_mix_rows,
+        "rows m' = K / min(p, 128) of the mix-first kernel's H_m' (0 when it does not take K = m * p)",
+        pybind11::arg("m"), pybind11::arg("p"));
+  m.def("quantize_act_hadamard_mix", &modaq::quantize_act_hadamard_mix,
+        "randomized Hadamard + per-token quantization, H_m' mix on the exact 16-bit input first (no smoothing, "
+        "signs +-1); left: H_m'^T as m16n8k16 A fragments in x's dtype",
+        pybind11::arg("x"), pybind11::arg("signs"), pybind11::arg("left"), pybind11::arg("q"),
+        pybind11::arg("scale"), pybind11::arg("M"), pybind11::arg("m"), pybind11::arg("p"),
         pybind11::arg("bits"), pybind11::arg("dtype"), pybind11::arg("device"), pybind11::arg("stream"),
         pybind11::arg("clip_ratio") = 1.0f);
   m.def("int_gemv", &modaq::int_gemv,

@@ -16,6 +16,24 @@ __device__ __forceinline__ int quantize_one(float v, float inv, int qmax) {
   return static_cast<int>(fminf(fmaxf(r, -static_cast<float>(qmax)), static_cast<float>(qmax)));
 }
 
+// clamp(rint(v * inv), -qmax, qmax) as the float bits of t + 1.5 * 2^23 (t clamped first: the
+// same result): the integer sits in the low bits, two's complement.  inv > 0 and v finite here;
+// clamp = false where |v * inv| <= qmax is known (clip = 1: |v| <= absmax).  No FMA: v * inv
+// rounds first, as in modaq.formats.quantize_act_sym.
+__device__ __forceinline__ uint32_t rounded_bits(float v, float inv, float qmax, bool clamp = true) {
+  float t = __fmul_rn(v, inv);
+  if (clamp) t = fminf(fmaxf(t, -qmax), qmax);
+  return __float_as_uint(t + 12582912.f);
+}
+
+// |v| folded into a running max that propagates NaN (NaN bits order above +inf as unsigned, so
+// the max of the float bits reduces it across lanes).
+__device__ __forceinline__ float max_abs_nan(float acc, float v) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(acc), "f"(fabsf(v)));
+  return r;
+}
+
 // Quantization range of a token: clip * absmax with clip = fp32(clip_ratio) in (0, 1], one
 // fp32 product as in modaq.formats._sym_quantize (activation clipping, FlatQuant's LAC).
 // clip = 1 returns absmax exactly, so the unclipped output stays bit-identical; values beyond

@@ -1,7 +1,8 @@
 // quantize_act with the randomized Hadamard transform, K = m * p (p = 2^k >= 8): one pass reads
 // X [M, K] (fp16 / bf16), writes int8 (or paired int4) + fp32 per-token scales.  Every core m
 // up to 176 comes here; quantize_act_transform.cu's kernel keeps only p < 8, tokens over the
-// shared-memory budget and inputs that are not 16-byte aligned.
+// shared-memory budget and inputs that are not 16-byte aligned.  Unsmoothed tokens with +-1
+// signs take quantize_act_hadamard_mix.cu where it applies (ops.fast_activation.hadamard_kernel).
 //
 // Per token, X_r [m, p] -> ((X_r / smooth) * signs) S_p -> H_m^T (.) / sqrt(K), as modaq.ops.reference:
 //   load   16-byte chunks (8 values) into registers; smoothing, signs and FWHT stages h = 1, 2, 4
@@ -101,13 +102,6 @@ __device__ __forceinline__ float* value_ptr(const HParams& p, float* buf, int g,
 __device__ __forceinline__ float* chunk_ptr(const HParams& p, float* buf, int c, int& g) {
   g = token_of_chunk(p, c);
   return value_ptr(p, buf, g, (c - g * (p.K >> 3)) * 8);
-}
-
-// |v| folded into a running max that propagates NaN (NaN bits order above +inf as unsigned)
-__device__ __forceinline__ float max_abs_nan(float acc, float v) {
-  float r;
-  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(acc), "f"(fabsf(v)));
-  return r;
 }
 
 // One shared atomic per set of lanes that hold the same token.
@@ -293,13 +287,6 @@ __device__ void mix_rows_tf32(const HParams& p, float* buf, unsigned* amax_bits)
 
 // ------------------------------------------------------------------------- quantize
 
-// clamp(rint(v * inv), -qmax, qmax) as the float bits of t + 1.5 * 2^23 (t clamped first: the
-// same result): the integer sits in the low bits.  inv > 0 and v finite here.
-__device__ __forceinline__ uint32_t rounded_bits(float v, float inv, float qmax) {
-  const float t = fminf(fmaxf(v * inv, -qmax), qmax);
-  return __float_as_uint(t + 12582912.f);
-}
-
 template <int BITS, bool FINAL>
 __device__ void quantize_group(const HParams& p, float* buf, const unsigned* amax_bits, int64_t tok0) {
   constexpr int qmax = BITS == 8 ? 127 : 7;
@@ -342,7 +329,7 @@ __device__ void quantize_group(const HParams& p, float* buf, const unsigned* ama
           for (int j = 0; j < 8; ++j) r[j] = rounded_bits(f[j], inv, static_cast<float>(qmax));
         } else {  // |v| <= absmax: |v * inv| rounds to at most qmax, the clamp is a no-op
 #pragma unroll
-          for (int j = 0; j < 8; ++j) r[j] = __float_as_uint(__fmul_rn(f[j], inv) + 12582912.f);  // no FMA
+          for (int j = 0; j < 8; ++j) r[j] = rounded_bits(f[j], inv, static_cast<float>(qmax), false);
         }
         out.x = __byte_perm(__byte_perm(r[0], r[1], 0x0040), __byte_perm(r[2], r[3], 0x0040), 0x5410);
         out.y = __byte_perm(__byte_perm(r[4], r[5], 0x0040), __byte_perm(r[6], r[7], 0x0040), 0x5410);

@@ -70,18 +70,6 @@ inline size_t kron_token_bytes(int n1, int n2) {
   return static_cast<size_t>(8) * kron_pad(n1) * kron_stride(n2);
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __half* p) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const __half* p) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
-
 // acc[m][n] += (a_hi + a_lo)[m] (b_hi + b_lo)[n] without the lo * lo pair, for the tiles
 // m < m_valid, n < n_valid; one term pair over all tiles at a time, so that consecutive mma
 // do not wait on each other's accumulator.

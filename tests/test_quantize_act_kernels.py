@@ -260,17 +260,74 @@ def test_hadamard_small_m_cluster_kernel(m, k, bits, monkeypatch):
     assert not calls
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("m,k,cluster", [(1, 18944, True), (16, 14336, True), (17, 18944, False), (1, 3584, False)])
-def test_hadamard_routing_between_cluster_and_persistent_kernels(m, k, cluster, monkeypatch):
-    """The default rule: the cluster kernel for a few tokens of a long K only (fp16 here)."""
+def _count_calls(monkeypatch, name):
+    """Count the calls of _C.<name> (still running it)."""
     from modaq.ops import fast_activation
     calls = []
-    small = fast_activation._cuda._C.quantize_act_hadamard_small
-    monkeypatch.setattr(fast_activation._cuda._C, "quantize_act_hadamard_small",
-                        lambda *a: calls.append(1) or small(*a))
-    _compare(_inputs(m, k, torch.float16, seed=m), 4, {"hadamard_signs": random_signs(k, seed=2)}, exact=False)
-    assert bool(calls) == cluster
+    fn = getattr(fast_activation._cuda._C, name)
+    monkeypatch.setattr(fast_activation._cuda._C, name, lambda *a: calls.append(1) or fn(*a))
+    return calls
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,smooth,signs,kernel", [
+    (1, 18944, True, 1.0, "quantize_act_hadamard_small"), (16, 14336, True, 1.0, "quantize_act_hadamard_small"),
+    (1, 18944, False, 1.0, "quantize_act_hadamard_mix"), (17, 18944, False, 1.0, "quantize_act_hadamard_mix"),
+    (1, 3584, False, 1.0, "quantize_act_hadamard_mix"), (1, 4096, False, 1.0, "quantize_act_hadamard"),
+    (17, 18944, True, 1.0, "quantize_act_hadamard"), (64, 3584, False, 2.0, "quantize_act_hadamard")])
+def test_hadamard_routing_between_the_kernels(m, k, smooth, signs, kernel, monkeypatch):
+    """The default rule (fp16): the mix-first kernel for unsmoothed tokens with +-1 signs except a
+    few tokens of a power-of-two K; the cluster kernel for a few smoothed tokens of a long K; the
+    persistent kernel for the rest: a few tokens of K = 4096, smoothed tokens, and signs that are
+    not +-1 (here 2 x +-1: the reference multiplies by them)."""
+    calls = _count_calls(monkeypatch, kernel)
+    kw = {"hadamard_signs": random_signs(k, seed=2) * signs}
+    if smooth:
+        kw["smooth"] = torch.rand(k) + 0.5
+    _compare(_inputs(m, k, torch.float16, seed=m), 4, kw, exact=False)
+    assert calls, f"{kernel} did not run"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [128, 12 * 32, 20 * 64, 1152, 3584, 4096, 14336, 18944, 172 * 128])
+def test_hadamard_mix_first_kernel(k, dtype, bits, monkeypatch):
+    """quantize_act_hadamard_mix (H_m' on the exact input, then the FWHT in registers) against the
+    reference: p' = 32 / 64 / 128, cores folded with Sylvester factors (4096 = 32 x 128, 14336 =
+    112 x 128), the largest core, several tokens per CTA and a partly filled last group, a zero
+    row and a NaN row, clipping; m' = 1 (K = 128) is bit-exact."""
+    from modaq.ops import fast_activation
+    monkeypatch.setattr(fast_activation, "FORCE_HADAMARD", "mix")
+    calls = _count_calls(monkeypatch, "quantize_act_hadamard_mix")
+    signs = random_signs(k, seed=k)
+    for m, clip in ((1, 1.0), (37, 1.0), (301, 0.8)):
+        x = _inputs(m, k, dtype, seed=k + m)
+        _compare(x, bits, {"hadamard_signs": signs}, exact=k == 128, max_flip=1e-4, clip=clip)
+    x = _inputs(6, k, dtype, seed=1)
+    x[3, 5] = float("nan")
+    q, s = ops.quantize_act(x.cuda(), bits, hadamard_signs=signs.cuda())
+    assert bool(torch.isnan(s[3])) and float(s[1]) == 0.0 and int(q[1].abs().max()) == 0
+    assert int(q[3].abs().max()) == 0 and bool(torch.isfinite(s[[0, 1, 2, 4, 5]]).all())
+    assert len(calls) == 4
+
+
+@pytest.mark.gpu
+def test_hadamard_mix_first_kernel_in_a_cuda_graph():
+    """The +-1 check runs once per signs tensor (outside the capture); the captured call replays
+    the mix-first kernel and follows new inputs."""
+    k = 3584
+    signs = random_signs(k, seed=9).cuda()
+    x = _inputs(40, k, torch.bfloat16, seed=3).cuda()
+    ops.quantize_act(x, 4, hadamard_signs=signs)  # warm-up: checks the signs, builds the fragments
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        q, s = ops.quantize_act(x, 4, hadamard_signs=signs)
+    x.copy_(_inputs(40, k, torch.bfloat16, seed=4).cuda())
+    graph.replay()
+    q_ref, s_ref = R.quantize_act(x.cpu(), 4, hadamard_signs=signs.cpu())
+    diff = (F.unpack_a4(q.cpu()).int() - F.unpack_a4(q_ref).int()).abs()
+    assert torch.allclose(s.cpu(), s_ref, rtol=1e-5, atol=0) and int(diff.max()) <= 1
 
 
 @pytest.mark.gpu
@@ -292,10 +349,16 @@ def test_hadamard_unaligned_input_takes_the_fallback_kernel(k):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("k", [4096, 1152, 512])
-def test_hadamard_many_tokens_per_launch(k):
-    """Hundreds of tokens: many CTAs, several tokens per CTA and a partly filled last CTA."""
+def test_hadamard_many_tokens_per_launch(k, monkeypatch):
+    """Hundreds of tokens: many CTAs, several tokens per CTA and a partly filled last CTA; the
+    persistent kernel (forced) is bit-exact for m = 1, the default (mix-first) kernel within
+    rounding."""
+    from modaq.ops import fast_activation
     x = _inputs(301, k, torch.bfloat16, seed=k)
-    _compare(x, 4, {"hadamard_signs": random_signs(k, seed=2)}, exact=k != 1152, max_flip=1e-4)
+    kw = {"hadamard_signs": random_signs(k, seed=2)}
+    _compare(x, 4, kw, exact=False, max_flip=1e-4)
+    monkeypatch.setattr(fast_activation, "FORCE_HADAMARD", "persistent")
+    _compare(x, 4, kw, exact=k != 1152, max_flip=1e-4)
 
 
 @pytest.mark.gpu

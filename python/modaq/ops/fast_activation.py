@@ -1,16 +1,21 @@
 """CUDA (_C) backend of modaq::quantize_act: plain, randomized-Hadamard and Kronecker variants.
 
-All three are one pass over X (csrc/quantize_act.cu, csrc/quantize_act_hadamard.cu with
-csrc/quantize_act_transform.cu for the sizes it does not take, csrc/quantize_act_kron.cu).
+All three are one pass over X (csrc/quantize_act.cu; csrc/quantize_act_hadamard.cu,
+quantize_act_hadamard_mix.cu and quantize_act_hadamard_small.cu, with
+csrc/quantize_act_transform.cu for the sizes they do not take; csrc/quantize_act_kron.cu).
 The tensor-core transform kernels take their constant matrices pre-split in mma fragment
-order (ops.mma_fragments): H_m once per (m, device) (bf16, and tf32 for the small cores),
-(P1, P2) as scaled split-fp16 terms once per pair of tensors and tensor version (recomputed
-with torch ops, on the current stream, when a factor is modified in place).
-Factors beyond the fused kernels' limits (Hadamard core > 176 or a token over 200 KB of fp32;
-a Kronecker token whose padded fp16 planes exceed the device's shared memory, e.g. beyond
-about 160 x 160 on an H100) run the reference.  Every variant takes the activation
-clip ratio (a C++ float: rounded to fp32 as the reference rounds it) and multiplies each token's
-absmax by it before quantizing.
+order (ops.mma_fragments): H_m once per (m, device) (bf16, and tf32 for the small cores; H_m'
+in x's dtype for the mix-first kernel), (P1, P2) as scaled split-fp16 terms once per pair of
+tensors and tensor version (recomputed with torch ops, on the current stream, when a factor is
+modified in place).
+Hadamard tokens go to one of three kernels (hadamard_kernel): unsmoothed tokens with +-1 signs
+to the mix-first kernel (the H_m' mix on the exact 16-bit input: one tensor-core term instead
+of three), except a few tokens of a power-of-two K; a few smoothed tokens of a long K to the
+thread-block cluster kernel; the rest to the persistent kernel.  Factors beyond the fused
+kernels' limits (Hadamard core > 176 or a token over 200 KB of fp32; a Kronecker token whose
+padded fp16 planes exceed the device's shared memory, e.g. beyond about 160 x 160 on an H100)
+run the reference.  Every variant takes the activation clip ratio (a C++ float: rounded to
+fp32 as the reference rounds it) and multiplies each token's absmax by it before quantizing.
 """
 from __future__ import annotations
 
@@ -53,10 +58,12 @@ def _hadamard_fits(m: int, p: int) -> bool:
     return bool(_cuda._C.transform_fits(m, p))
 
 
-# The cluster kernel (quantize_act_hadamard_small.cu: 8 CTAs per token) takes at most SMALL_M_MAX
-# tokens of K >= SMALL_MIN_K; the persistent one (a CTA per token) the rest.  Fitted on an H200
-# (int_gemm_NVIDIA_H200_hadamard_decode.md): K = 18944 M = 1 13 us vs 30, 14336 9 vs 14; at
-# K = 3584 / 4608 the persistent kernel is faster at every M (5.0 vs 6.1 us at M = 1).
+# Routing, fitted on an H200 (int_gemm_NVIDIA_H200_mix.md, int_gemm_NVIDIA_H200_hadamard_decode.md):
+# the mix-first kernel wherever it applies (K = 18944 M = 4096: 210 us vs 566 persistent; M = 1:
+# 9.0 us vs 12.5 cluster, 29 persistent), except a few tokens of a power-of-two K (K = 4096, M = 1:
+# persistent 3.2 us vs 4.7); then the cluster kernel (quantize_act_hadamard_small.cu: 8 CTAs per
+# token) for at most SMALL_M_MAX tokens of K >= SMALL_MIN_K (smoothed tokens: 18944 M = 1 13 us
+# vs 30); the persistent kernel (a CTA per token) for the rest.
 SMALL_M_MAX = 16
 SMALL_MIN_K = 8192
 
@@ -64,6 +71,61 @@ SMALL_MIN_K = 8192
 @functools.lru_cache(maxsize=None)
 def _hadamard_small_fits(m: int, p: int, device: int) -> bool:
     return bool(_cuda._C.hadamard_small_fits(m, p, device))
+
+
+@functools.lru_cache(maxsize=None)
+def _hadamard_mix_fits(m: int, p: int, device: int) -> bool:
+    return bool(_cuda._C.hadamard_mix_fits(m, p, device))
+
+
+@functools.lru_cache(maxsize=None)
+def _hadamard_mix_left(m: int, p: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """H_m'^T (m' = K / min(p, 128); H_m' = hadamard_matrix(m') = H_m (x) S_(p / p')) as m16n8k16
+    A fragments in x's dtype (+-1: exact in one term)."""
+    rows = _cuda._C.hadamard_mix_rows(m, p)
+    return a_fragments(hadamard_matrix(rows, dtype=torch.float32).t(), 1, dtype).to(device)
+
+
+_UNIT_SIGNS: dict[int, tuple] = {}  # id(signs) -> (signs ref, version, all |s| == 1)
+
+
+def _unit_signs(signs: torch.Tensor) -> bool:
+    """Whether every sign is +-1 (the mix-first kernel flips sign bits, it does not multiply);
+    checked once per tensor version, never inside a CUDA graph capture (False there until seen)."""
+    hit = _UNIT_SIGNS.get(id(signs))
+    if hit is not None and hit[0]() is signs and hit[1] == signs._version:
+        return hit[2]
+    if torch.cuda.is_current_stream_capturing():
+        return False
+    if len(_UNIT_SIGNS) > 256:
+        for key in [k for k, v in _UNIT_SIGNS.items() if v[0]() is None]:
+            del _UNIT_SIGNS[key]
+    ok = bool((signs.abs() == 1).all())
+    _UNIT_SIGNS[id(signs)] = (weakref.ref(signs), signs._version, ok)
+    return ok
+
+
+# Which Hadamard kernel takes a call ("cluster", "mix", "persistent"); None = hadamard_kernel's
+# rule.  Benchmarks and tests force one.
+FORCE_HADAMARD: str | None = None
+
+
+def hadamard_kernel(x: torch.Tensor, core: int, p: int, smooth, signs) -> str:
+    """The Hadamard kernel for x [M, K = core * p] (all three take it; see the module doc)."""
+    m, k = x.shape
+    dev = x.device.index
+    aligned = _cuda.aligned16(x, smooth, signs)
+    cluster = core > 1 and aligned and _hadamard_small_fits(core, p, dev)
+    mix = smooth is None and aligned and _hadamard_mix_fits(core, p, dev) and (signs is None or _unit_signs(signs))
+    if FORCE_HADAMARD is not None:
+        if not {"cluster": cluster, "mix": mix, "persistent": True}[FORCE_HADAMARD]:
+            raise ValueError(f"FORCE_HADAMARD={FORCE_HADAMARD!r}: that kernel does not take K = {core} x {p} here")
+        return FORCE_HADAMARD
+    if mix and not (core == 1 and m <= SMALL_M_MAX):
+        return "mix"
+    if cluster and m <= SMALL_M_MAX and k >= SMALL_MIN_K:
+        return "cluster"
+    return "persistent"
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,12 +153,16 @@ def quantize_act_cuda(x, bits, smooth, hadamard_signs, kron_left, kron_right, cl
     dev, stream = _cuda.launch_args(x)
     common = (bits, _cuda.DTYPE_CODE[x.dtype], dev, stream, float(clip_ratio))  # clip: fp32 in the kernel
     ptr = _cuda.ptr
-    if hadamard_signs is not None and core > 1 and m <= SMALL_M_MAX and k >= SMALL_MIN_K \
-            and _cuda.aligned16(x, smooth, hadamard_signs) and _hadamard_small_fits(core, p, x.device.index):
+    kernel = hadamard_kernel(x, core, p, smooth, hadamard_signs) if hadamard_signs is not None else None
+    if kernel == "cluster":
         left = _hadamard_left(core, x.device)[0]
         _cuda._C.quantize_act_hadamard_small(ptr(x), ptr(smooth), ptr(hadamard_signs), ptr(left), ptr(q),
                                              ptr(scale), m, core, p, *common)
-    elif hadamard_signs is not None:
+    elif kernel == "mix":
+        left = _hadamard_mix_left(core, p, x.dtype, x.device)
+        _cuda._C.quantize_act_hadamard_mix(ptr(x), ptr(hadamard_signs), ptr(left), ptr(q), ptr(scale), m, core, p,
+                                           *common)
+    elif kernel == "persistent":
         left, left_tf32 = _hadamard_left(core, x.device) if core > 1 else (None, None)
         _cuda._C.quantize_act_hadamard(ptr(x), ptr(smooth), ptr(hadamard_signs), ptr(left), ptr(left_tf32), ptr(q),
                                        ptr(scale), m, core, p, *common)
