@@ -75,6 +75,33 @@ def test_tile_choice_takes_the_lowest_median_and_skips_configs_that_fail(monkeyp
         tk._CHOSEN.pop(key, None)
 
 
+@pytest.mark.gpu
+def test_tuner_times_graph_replays_and_falls_back_to_eager_launches():
+    """_graph_timer: a capturable candidate is captured once and its replays timed; one that
+    raises while being captured is timed eagerly, and the stream stays usable.  Elementwise work
+    only, warmed up eagerly first as _choose does (a first cuBLAS call cannot be captured)."""
+    from modaq.triton_kernels import int_gemm as tk
+    x = torch.randn(256, 256, device="cuda")
+    calls = {"graph": 0, "sync": 0}
+
+    def run(cfg):
+        calls[cfg["name"]] += 1
+        x.mul_(1.0)
+        if cfg["name"] == "sync" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("this candidate cannot be captured")
+
+    graph_cfg, sync_cfg = {"name": "graph"}, {"name": "sync"}
+    run(graph_cfg), run(sync_cfg)  # warm-up
+    timer = tk._graph_timer()
+    times = [timer(run, graph_cfg) for _ in range(3)] + [timer(run, sync_cfg) for _ in range(2)]
+    assert all(t > 0 for t in times)
+    assert calls["graph"] == 1 + 3  # warm-up, captured once (3 launches), then only replays
+    assert calls["sync"] == 1 + 1 + 2 * 3  # warm-up, the failed capture, two eager samples of 3 launches
+    x.mul_(2.0)
+    torch.cuda.synchronize()
+    assert bool(torch.isfinite(x).all())
+
+
 _INTERPRETER_SCRIPT = textwrap.dedent("""
     import torch
     from modaq import formats as F
