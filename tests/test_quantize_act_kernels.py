@@ -131,6 +131,24 @@ def test_kron_operands_emulated_match_the_reference(n1, n2):
     assert float(err.max()) < 2 ** -20, err
 
 
+@pytest.mark.parametrize("k", [128, 384, 1152, 1280, 3584, 4096, 14336, 18944])
+def test_mix_first_order_equals_the_reference_transform(k):
+    """The algebra of csrc/quantize_act_hadamard_mix.cu, in fp64: with p' = min(p, 128) and
+    m' = K / p', (x * signs) @ H_K / sqrt(K) == H_m'^T (x * signs)_r S_p' / sqrt(K), where
+    H_m' = hadamard_matrix(m') (the kernel's A operand, ops.fast_activation._hadamard_mix_left)
+    and the mix comes before the p'-point FWHT."""
+    from modaq.hadamard import hadamard_factors, hadamard_matrix
+    _, p = hadamard_factors(k)
+    p2 = min(p, 128)
+    rows = k // p2
+    x = torch.randn(3, k, dtype=torch.float64)
+    signs = random_signs(k, seed=k).double()
+    xr = (x * signs).reshape(3, rows, p2)
+    mixed = hadamard_matrix(rows).t() @ xr  # [3, m', p']
+    y = (mixed @ hadamard_matrix(p2)).reshape(3, k) / k ** 0.5  # S_p' = hadamard_matrix(p'), p' a power of 2
+    assert torch.allclose(y, R.hadamard_rows(x, signs), rtol=0, atol=1e-12)
+
+
 def test_three_bf16_terms_carry_fp32_precision():
     x = torch.randn(4096) * torch.logspace(-6, 6, 4096)
     t = mf.split_terms(x, 3)
