@@ -81,6 +81,18 @@ inline DeviceInfo device_info(int device) {
   return info;
 }
 
+// A persistent kernel's launch: allow `smem` bytes of dynamic shared memory, then launch
+// min(work, the CTAs all SMs hold at once) CTAs of `threads`, each looping over work items.
+template <typename Kernel, typename Args>
+void launch_persistent(Kernel kernel, int64_t work, int threads, size_t smem, int device, cudaStream_t stream,
+                       const Args& args, const char* what) {
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)), what);
+  int per_sm = 0;
+  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem), what);
+  const int64_t cap = static_cast<int64_t>(device_info(device).sms) * (per_sm > 0 ? per_sm : 1);
+  kernel<<<static_cast<unsigned>(work < cap ? work : cap), threads, smem, stream>>>(args);
+}
+
 // bias[n] of a bias in fp16, bf16 or fp32 (dtype code) as fp32.
 __device__ __forceinline__ float load_bias(const void* bias, int dtype, int n) {
   if (dtype == kHalf) return __half2float(static_cast<const __half*>(bias)[n]);

@@ -407,14 +407,8 @@ __global__ void __launch_bounds__(kHT, 2) hadamard_quantize_kernel(HParams p) {
 
 template <typename T, int BITS, int MT, int U>
 void launch_hp(const HParams& p, size_t smem, int device, cudaStream_t s) {
-  auto kernel = hadamard_quantize_kernel<T, BITS, MT, U>;
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-             "cudaFuncSetAttribute(quantize_act_hadamard)");
-  int per_sm = 0;
-  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kHT, smem), "occupancy");
-  const int64_t cap = static_cast<int64_t>(device_info(device).sms) * (per_sm > 0 ? per_sm : 1);
-  const int64_t grid = p.groups < cap ? p.groups : cap;
-  kernel<<<static_cast<unsigned>(grid), kHT, smem, s>>>(p);
+  launch_persistent(hadamard_quantize_kernel<T, BITS, MT, U>, p.groups, kHT, smem, device, s, p,
+                    "quantize_act_hadamard launch");
 }
 
 bool aligned16(std::uintptr_t ptr) { return (ptr & 15) == 0; }

@@ -290,15 +290,8 @@ MixPlan plan_mix(int m, int p2, int64_t M, int sms) {
 
 template <typename T, int BITS, int NS>
 void launch_mix(const MixParams& p, const MixPlan& plan, int device, cudaStream_t s) {
-  auto kernel = hadamard_mix_kernel<T, BITS, NS>;
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.smem)),
-             "cudaFuncSetAttribute(quantize_act_hadamard_mix)");
-  const int threads = plan.warps * 32;
-  int per_sm = 0;
-  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, plan.smem), "occupancy");
-  const int64_t cap = static_cast<int64_t>(device_info(device).sms) * (per_sm > 0 ? per_sm : 1);
-  const int64_t grid = p.groups < cap ? p.groups : cap;
-  kernel<<<static_cast<unsigned>(grid), threads, plan.smem, s>>>(p);
+  launch_persistent(hadamard_mix_kernel<T, BITS, NS>, p.groups, plan.warps * 32, plan.smem, device, s, p,
+                    "quantize_act_hadamard_mix launch");
 }
 
 }  // namespace

@@ -387,16 +387,9 @@ __global__ void __launch_bounds__(kThreads, 2) quantize_act_kron_kernel(KronPara
 
 template <typename T, int BITS, int MT, int NT>
 void launch_kron(const KronParams& p, int device, cudaStream_t s) {
-  auto kernel = quantize_act_kron_kernel<T, BITS, MT, NT>;
   const size_t smem = kron_token_bytes(p.n1, p.n2) * p.tokens;
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-             "cudaFuncSetAttribute(quantize_act_kron)");
-  int per_sm = 0;
-  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem),
-             "cudaOccupancyMaxActiveBlocksPerMultiprocessor(quantize_act_kron)");
-  const int64_t groups = (p.M + p.tokens - 1) / p.tokens;
-  const int64_t grid = std::min<int64_t>(groups, static_cast<int64_t>(std::max(per_sm, 1)) * device_info(device).sms);
-  kernel<<<static_cast<unsigned>(grid), kThreads, smem, s>>>(p);
+  launch_persistent(quantize_act_kron_kernel<T, BITS, MT, NT>, (p.M + p.tokens - 1) / p.tokens, kThreads, smem,
+                    device, s, p, "quantize_act_kron launch");
 }
 
 }  // namespace
