@@ -8,7 +8,9 @@ variants vs a measured device-to-device copy (--quant-ms / --quant-ks); the Hada
 also with each of its kernels forced where it takes K (persistent, the 8-CTA cluster of decode
 sizes, mix first).
 The JSON keeps the integer GEMM tuner's pick (chosen_tiles) and every candidate's time
-(tile_timings_ms) per problem.
+(tile_timings_ms) per problem.  --baselines gemlite,torchao adds those packages' quantized
+layers on the same weights (benchmarks/baselines.py: how to install them on the device) next
+to modaq's W4A8 / W8A8 layers.
 
 Timing: every measurement is a CUDA graph of `inner` back-to-back calls (no launch / Python
 overhead), replayed `reps` times; the median replay / inner is reported.  When one call's
@@ -76,7 +78,25 @@ def copies(make, nbytes: int, m: int) -> list:
     return [make() for _ in range(min(n, 48))]
 
 
-def gemm_row(k: int, n: int, m: int) -> dict:
+def baseline_columns(row, record, names, x, q4, s4, q8, s8, n_sets: int) -> None:
+    """gemlite / torchao layers (benchmarks/baselines.py) on the same quantized weights, rotating
+    over up to 8 weight copies, each with its relative error against x @ W^T in fp32."""
+    from benchmarks import baselines
+    built = [baselines.layers(names, q4, s4, q8, s8) for _ in range(min(n_sets, 8))]
+    for name, first in built[0].items():
+        if isinstance(first, str):
+            row[name] = {"error": first}
+            continue
+        mods = [b[name] for b in built]
+        record(name, lambda i: mods[i](x), len(mods))
+        q, sc = (q4, s4) if "w4a8" in name else (q8, s8)
+        with torch.no_grad():
+            ref = x.float() @ (q.float() * sc[:, None]).t()
+            err = float((mods[0](x).float() - ref).norm() / ref.norm())
+        row[name]["rel_err"] = err
+
+
+def gemm_row(k: int, n: int, m: int, baselines: tuple = ()) -> dict:
     dev = "cuda"
     flops = 2.0 * m * n * k
     est = max(flops / 600e12, n * k / 2e12)
@@ -111,6 +131,9 @@ def gemm_row(k: int, n: int, m: int) -> dict:
     record("w4a4_gemm", lambda i: ops.w4a4_gemm(xq4, xs4, w4s[i], s4), len(w4s))
     record("w4a8_layer", lambda i: ops.int_linear(x, w4s[i], s4, a_bits=8, w_bits=4), len(w4s))
     record("w4a4_layer", lambda i: ops.int_linear(x, w4s[i], s4, a_bits=4, w_bits=4), len(w4s))
+    if baselines:
+        record("w8a8_layer", lambda i: ops.int_linear(x, w8s[i], s8, a_bits=8, w_bits=8), len(w8s))
+        baseline_columns(row, record, baselines, x, q4, s4, q8, s8, len(w4s))
     if m <= 16:  # the decode GEMV against the Triton GEMM it replaces, and its warp split
         from modaq.ops.fast_int_gemm import fused_fits, int_gemv
         from modaq.triton_kernels.int_gemm import int_gemm
@@ -203,6 +226,23 @@ def markdown(res: dict) -> str:
                          f"{us('w4a8_layer_2k'):.1f} ({us('fp16_linear') / us('w4a8_layer_2k'):.2f}x) | "
                          f"{best} ({us(f'w4a8_gemv_w{best}'):.1f}) | {us('w8a8_triton'):.1f} | "
                          f"{us('w8a8_gemm'):.1f} ({us('fp16_linear') / us('w8a8_gemm'):.2f}x) |")
+    base = [r for r in res["gemm"] if any(k.startswith(("gemlite_", "torchao_")) for k in r)]
+    if base:
+        names = sorted({k for r in base for k in r if k.startswith(("gemlite_", "torchao_"))})
+        lines += ["", f"## Third-party layers (benchmarks/baselines.py: {res.get('baselines', {})})", "",
+                  "us (speedup over FP16 F.linear; relative error vs x @ W^T in fp32); modaq's layers "
+                  "(ops.int_linear) in the same run", "",
+                  "| K x N | M | fp16 | modaq w4a8 layer | modaq w8a8 layer | " + " | ".join(names) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(names)]
+        for r in base:
+            def cell(name):
+                v = r.get(name)
+                if not isinstance(v, dict) or "us" not in v:
+                    return "n/a" if not isinstance(v, dict) else f"error: {v.get('error', '')[:60]}"
+                err = f"; {v['rel_err']:.1e}" if "rel_err" in v else ""
+                return f"{v['us']:.1f} ({v['speedup_vs_fp16']:.2f}x{err})"
+            lines.append(f"| {r['K']}x{r['N']} | {r['M']} | {fmt(r.get('fp16_linear'), 'us')} | {cell('w4a8_layer')} | "
+                         f"{cell('w8a8_layer')} | " + " | ".join(cell(nm) for nm in names) + " |")
     lines += ["", f"## quantize_act (int8 out), GB/s; copy bandwidth {res['copy_gbps']:.0f} GB/s", "",
               "| K | M | variant | us | GB/s | % of copy |", "|---|---|---|---|---|---|"]
     for r in res["quant"]:
@@ -237,6 +277,9 @@ def main():
     ap.add_argument("--no-quant", action="store_true", help="skip the quantize_act table")
     ap.add_argument("--tag", default="", help="suffix of the result file names (partial re-runs)")
     ap.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable)")
+    ap.add_argument("--baselines", type=lambda v: tuple(b for b in v.split(",") if b), default=(),
+                    help="comma-separated third-party layers to add to the GEMM table: gemlite, torchao "
+                         "(benchmarks/baselines.py says how to install them on the device)")
     args = ap.parse_args()
     import triton
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -245,6 +288,9 @@ def main():
     res = {"device": dev_name, "torch": torch.__version__, "triton": triton.__version__,
            "date": datetime.datetime.now().isoformat(timespec="seconds"), "backends": ops.backends(),
            "copy_gbps": copy_bandwidth_gbps(), "gemm": [], "quant": [], "notes": args.note}
+    if args.baselines:
+        from benchmarks import baselines
+        res["baselines"] = {name: baselines.version(name) for name in args.baselines}
     print(f"{dev_name}: copy {res['copy_gbps']:.0f} GB/s", flush=True)
     for k in ([] if args.no_quant else args.quant_ks[:3] if args.quick else args.quant_ks):
         for m in args.quant_ms:
@@ -253,7 +299,7 @@ def main():
     save(res, out, False, args.tag)
     for k, n in (SHAPES[:2] + SHAPES[-2:] if args.quick else SHAPES):
         for m in args.ms:
-            res["gemm"].append(gemm_row(k, n, m))
+            res["gemm"].append(gemm_row(k, n, m, args.baselines))
             print(json.dumps(res["gemm"][-1]), flush=True)
             torch.cuda.empty_cache()
         save(res, out, False, args.tag)
