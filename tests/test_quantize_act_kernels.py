@@ -149,6 +149,28 @@ def test_mix_first_order_equals_the_reference_transform(k):
     assert torch.allclose(y, R.hadamard_rows(x, signs), rtol=0, atol=1e-12)
 
 
+def test_version_cache_follows_in_place_updates_and_drops_freed_tensors():
+    """fast_activation.VersionCache (the Kronecker fragments, the +-1 check of Hadamard signs)."""
+    import gc
+
+    from modaq.ops.fast_activation import VersionCache
+    cache = VersionCache(limit=2)
+    a, b = torch.ones(4), torch.ones(4)
+    assert cache.lookup((a, b)) == (False, None)
+    assert cache.store((a, b), "v1") == "v1" and cache.lookup((a, b)) == (True, "v1")
+    assert cache.lookup((a,)) == (False, None)  # another tuple of tensors
+    assert cache.lookup((a, torch.ones(4)))[0] is False  # another second tensor
+    b.mul_(2.0)  # in place: a new version
+    assert cache.lookup((a, b)) == (False, None)
+    cache.store((a, b), "v2")
+    assert cache.lookup((a, b)) == (True, "v2")
+    for _ in range(3):
+        cache.store((torch.ones(1),), "gone")  # freed at once
+    gc.collect()
+    cache.store((torch.zeros(2),), "new")  # over the limit: entries of freed tensors dropped
+    assert len(cache._entries) <= 3 and cache.lookup((a, b)) == (True, "v2")
+
+
 def test_three_bf16_terms_carry_fp32_precision():
     x = torch.randn(4096) * torch.logspace(-6, 6, 4096)
     t = mf.split_terms(x, 3)

@@ -36,21 +36,38 @@ def _hadamard_left(m: int, device: torch.device) -> tuple[torch.Tensor, torch.Te
     return a_fragments(core_t, 1).to(device), a_fragments_tf32(core_t).to(device)
 
 
-_KRON_CACHE: dict[int, tuple] = {}  # id(left) -> (left ref, version, right ref, version, frags)
+class VersionCache:
+    """Values derived from tensors, kept while each tensor is alive and not modified in place
+    (its _version): the first tensor's id is the key; entries whose tensors are freed are
+    dropped once the cache holds more than `limit`."""
+
+    def __init__(self, limit: int = 256):
+        self._entries: dict[int, tuple] = {}  # id(tensors[0]) -> ((weakref, version) per tensor, value)
+        self._limit = limit
+
+    def lookup(self, tensors: tuple[torch.Tensor, ...]):
+        """(True, value) when cached for exactly these tensors at their versions, else (False, None)."""
+        hit = self._entries.get(id(tensors[0]))
+        if hit is not None and len(hit[0]) == len(tensors) and all(
+                ref() is t and version == t._version for (ref, version), t in zip(hit[0], tensors)):
+            return True, hit[1]
+        return False, None
+
+    def store(self, tensors: tuple[torch.Tensor, ...], value):
+        if len(self._entries) > self._limit:
+            for key in [k for k, (refs, _) in self._entries.items() if any(ref() is None for ref, _ in refs)]:
+                del self._entries[key]
+        self._entries[id(tensors[0])] = (tuple((weakref.ref(t), t._version) for t in tensors), value)
+        return value
+
+
+_KRON_CACHE = VersionCache()
 
 
 def _kron_fragments(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """mma_fragments.kron_operands(P1, P2), cached while neither tensor changes."""
-    hit = _KRON_CACHE.get(id(left))
-    if hit is not None and hit[0]() is left and hit[1] == left._version and hit[2]() is right \
-            and hit[3] == right._version:
-        return hit[4]
-    if len(_KRON_CACHE) > 256:  # drop entries whose tensors are gone
-        for key in [k for k, v in _KRON_CACHE.items() if v[0]() is None or v[2]() is None]:
-            del _KRON_CACHE[key]
-    frags = kron_operands(left, right)
-    _KRON_CACHE[id(left)] = (weakref.ref(left), left._version, weakref.ref(right), right._version, frags)
-    return frags
+    found, frags = _KRON_CACHE.lookup((left, right))
+    return frags if found else _KRON_CACHE.store((left, right), kron_operands(left, right))
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,23 +103,18 @@ def _hadamard_mix_left(m: int, p: int, dtype: torch.dtype, device: torch.device)
     return a_fragments(hadamard_matrix(rows, dtype=torch.float32).t(), 1, dtype).to(device)
 
 
-_UNIT_SIGNS: dict[int, tuple] = {}  # id(signs) -> (signs ref, version, all |s| == 1)
+_UNIT_SIGNS = VersionCache()
 
 
 def _unit_signs(signs: torch.Tensor) -> bool:
     """Whether every sign is +-1 (the mix-first kernel flips sign bits, it does not multiply);
     checked once per tensor version, never inside a CUDA graph capture (False there until seen)."""
-    hit = _UNIT_SIGNS.get(id(signs))
-    if hit is not None and hit[0]() is signs and hit[1] == signs._version:
-        return hit[2]
+    found, ok = _UNIT_SIGNS.lookup((signs,))
+    if found:
+        return ok
     if torch.cuda.is_current_stream_capturing():
         return False
-    if len(_UNIT_SIGNS) > 256:
-        for key in [k for k, v in _UNIT_SIGNS.items() if v[0]() is None]:
-            del _UNIT_SIGNS[key]
-    ok = bool((signs.abs() == 1).all())
-    _UNIT_SIGNS[id(signs)] = (weakref.ref(signs), signs._version, ok)
-    return ok
+    return _UNIT_SIGNS.store((signs,), bool((signs.abs() == 1).all()))
 
 
 # Which Hadamard kernel takes a call ("cluster", "mix", "persistent"); None = hadamard_kernel's
@@ -118,7 +130,10 @@ def hadamard_kernel(x: torch.Tensor, core: int, p: int, smooth, signs) -> str:
     cluster = core > 1 and aligned and _hadamard_small_fits(core, p, dev)
     mix = smooth is None and aligned and _hadamard_mix_fits(core, p, dev) and (signs is None or _unit_signs(signs))
     if FORCE_HADAMARD is not None:
-        if not {"cluster": cluster, "mix": mix, "persistent": True}[FORCE_HADAMARD]:
+        takes = {"cluster": cluster, "mix": mix, "persistent": True}
+        if FORCE_HADAMARD not in takes:
+            raise ValueError(f"FORCE_HADAMARD: expected one of {sorted(takes)} or None, got {FORCE_HADAMARD!r}")
+        if not takes[FORCE_HADAMARD]:
             raise ValueError(f"FORCE_HADAMARD={FORCE_HADAMARD!r}: that kernel does not take K = {core} x {p} here")
         return FORCE_HADAMARD
     if mix and not (core == 1 and m <= SMALL_M_MAX):
