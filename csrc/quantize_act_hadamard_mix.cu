@@ -60,10 +60,6 @@ struct MixParams {
   float inv_sqrt_k, clip;
 };
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 // cp.async the group's tokens into buf (rows of p' values at in_stride); tokens past M are skipped.
 template <typename T>
 __device__ __forceinline__ void load_group(const MixParams& p, int64_t group, T* buf) {

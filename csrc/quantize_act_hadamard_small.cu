@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(kSThreads) hadamard_small_kernel(const SParams
   const T* x = static_cast<const T*>(p.x) + tok * p.K;
 
   const int mt = (p.m + 15) >> 4;
-  const uint32_t left_s = static_cast<uint32_t>(__cvta_generic_to_shared(left));
+  const uint32_t left_s = smem_addr(left);
   for (int i = threadIdx.x; i < mt * mt * 32; i += kSThreads) cp_async16(left_s + 16 * i, p.left + i);
   cp_async_commit();
 

@@ -227,11 +227,6 @@ struct Block {
   }
 };
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem_addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr) : "memory");
-}
-
 // Arguments of both GEMV kernels (the register-pipelined one and the cp.async ring one).
 struct GemvArgs {
   const void* x;

@@ -250,8 +250,8 @@ __global__ void __launch_bounds__(GemvConfig<T, BITS, GROUP, MT, STAGES>::kThrea
   const int nkt = min(p.k_tiles, kt0 + p.kt_per_split) - kt0;
   const int x_stride = C::x_stride(p.kt_per_split);
   unsigned char* ring = smem + warp * STAGES * S::kBytes;
-  const uint32_t ring_s = static_cast<uint32_t>(__cvta_generic_to_shared(ring));
-  const uint32_t zero_s = static_cast<uint32_t>(__cvta_generic_to_shared(smem + C::kRingBytes));
+  const uint32_t ring_s = smem_addr(ring);
+  const uint32_t zero_s = smem_addr(smem + C::kRingBytes);
   const uint32_t xs_s = zero_s + C::kZeroRowBytes;
   BlockSrc<BITS, GROUP> src(p, (size_t)tile * p.k_tiles + kt0, lane);
 

@@ -154,8 +154,8 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 3) weight_only_gemv_ke
   const size_t block0 = (size_t)(active ? tile : p.n_tiles - 1) * p.k_tiles;
   const int last = kt1 - 1;
   // ldmatrix x4: lanes 8i..8i+7 address the 8 token rows of matrix i = (k-step i/2, k-half i%2)
-  const uint32_t xs_lane = static_cast<uint32_t>(__cvta_generic_to_shared(
-      xs + (lane & 7) * XChunk<MT>::kStride + (lane >> 4) * 16 + ((lane >> 3) & 1) * 8));
+  const uint32_t xs_lane =
+      smem_addr(xs + (lane & 7) * XChunk<MT>::kStride + (lane >> 4) * 16 + ((lane >> 3) & 1) * 8);
 
   float tot[MT][4];
 #pragma unroll
