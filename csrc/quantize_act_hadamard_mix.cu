@@ -60,41 +60,45 @@ struct MixParams {
   float inv_sqrt_k, clip;
 };
 
-// cp.async the group's tokens into buf (rows of p' values at in_stride); tokens past M are skipped.
-template <typename T>
-__device__ __forceinline__ void load_group(const MixParams& p, int64_t group, T* buf) {
+// f(t, c, row_offset) for each 16-byte chunk c (values 8c .. 8c + 7) of the group's tokens t
+// (those before M) that this thread handles; row_offset: the chunk's element offset in the
+// token's staged rows [m'][in_stride].  load_group and flip_signs walk the same chunks, so each
+// thread flips the signs of exactly the chunks it copied (no barrier between them).
+template <typename F>
+__device__ __forceinline__ void for_each_chunk(const MixParams& p, int64_t group, F&& f) {
   const int64_t tok0 = group * p.G;
   const int chunks = p.K >> 3, row_chunks_log2 = p.log2p - 3;
   for (int t = 0; t < p.G && tok0 + t < p.M; ++t) {
-    const T* src = static_cast<const T*>(p.x) + (tok0 + t) * p.K;
-    T* dst = buf + t * p.m * p.in_stride;
     for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
       const int row = c >> row_chunks_log2, col = (c & ((1 << row_chunks_log2) - 1)) << 3;
-      cp_async16(smem_addr(dst + row * p.in_stride + col), src + c * 8);
+      f(t, c, row * p.in_stride + col);
     }
   }
 }
 
-// x * signs for the chunks this thread copied (the same loop as load_group): sign bits XORed.
+// cp.async the group's tokens into buf (rows of p' values at in_stride); tokens past M are skipped.
+template <typename T>
+__device__ __forceinline__ void load_group(const MixParams& p, int64_t group, T* buf) {
+  for_each_chunk(p, group, [&](int t, int c, int at) {
+    const T* src = static_cast<const T*>(p.x) + (group * p.G + t) * p.K;
+    cp_async16(smem_addr(buf + t * p.m * p.in_stride + at), src + c * 8);
+  });
+}
+
+// x * signs for the chunks this thread copied: sign bits XORed.
 template <typename T>
 __device__ __forceinline__ void flip_signs(const MixParams& p, int64_t group, T* buf) {
-  const int64_t tok0 = group * p.G;
-  const int chunks = p.K >> 3, row_chunks_log2 = p.log2p - 3;
-  for (int t = 0; t < p.G && tok0 + t < p.M; ++t) {
-    T* dst = buf + t * p.m * p.in_stride;
-    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-      const int row = c >> row_chunks_log2, col = (c & ((1 << row_chunks_log2) - 1)) << 3;
-      uint4* v = reinterpret_cast<uint4*>(dst + row * p.in_stride + col);
-      const uint4 s0 = __ldg(reinterpret_cast<const uint4*>(p.signs + c * 8));
-      const uint4 s1 = __ldg(reinterpret_cast<const uint4*>(p.signs + c * 8) + 1);
-      uint4 w = *v;  // the 16-bit sign bits of two fp32 signs per word: bytes 2-3 of each
-      w.x ^= __byte_perm(s0.x, s0.y, 0x7632) & 0x80008000u;
-      w.y ^= __byte_perm(s0.z, s0.w, 0x7632) & 0x80008000u;
-      w.z ^= __byte_perm(s1.x, s1.y, 0x7632) & 0x80008000u;
-      w.w ^= __byte_perm(s1.z, s1.w, 0x7632) & 0x80008000u;
-      *v = w;
-    }
-  }
+  for_each_chunk(p, group, [&](int t, int c, int at) {
+    uint4* v = reinterpret_cast<uint4*>(buf + t * p.m * p.in_stride + at);
+    const uint4 s0 = __ldg(reinterpret_cast<const uint4*>(p.signs + c * 8));
+    const uint4 s1 = __ldg(reinterpret_cast<const uint4*>(p.signs + c * 8) + 1);
+    uint4 w = *v;  // the 16-bit sign bits of two fp32 signs per word: bytes 2-3 of each
+    w.x ^= __byte_perm(s0.x, s0.y, 0x7632) & 0x80008000u;
+    w.y ^= __byte_perm(s0.z, s0.w, 0x7632) & 0x80008000u;
+    w.z ^= __byte_perm(s1.x, s1.y, 0x7632) & 0x80008000u;
+    w.w ^= __byte_perm(s1.z, s1.w, 0x7632) & 0x80008000u;
+    *v = w;
+  });
 }
 
 // acc[s] = rows rt*16.. of H_m'^T X_r, strip s (columns 8s .. 8s + 7).
