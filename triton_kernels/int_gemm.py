@@ -243,15 +243,24 @@ def _bucket(m: int) -> int:
 _TUNE_ROUNDS = 5  # timing rounds per candidate; the median decides
 
 
-def _cuda_ms(run, cfg) -> float:
-    """Milliseconds of 3 back-to-back launches of cfg, CUDA events."""
+def _event_ms(work) -> float:
+    """Milliseconds of work() on the current stream, CUDA events."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    for _ in range(3):
-        run(cfg)
+    work()
     end.record()
     end.synchronize()
     return start.elapsed_time(end)
+
+
+def _three_launches(run, cfg) -> None:
+    for _ in range(3):
+        run(cfg)
+
+
+def _cuda_ms(run, cfg) -> float:
+    """Milliseconds of 3 back-to-back eager launches of cfg."""
+    return _event_ms(lambda: _three_launches(run, cfg))
 
 
 def _graph_timer():
@@ -267,20 +276,12 @@ def _graph_timer():
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph):
-                    for _ in range(3):
-                        run(cfg)
+                    _three_launches(run, cfg)
             except Exception:  # noqa: BLE001  (not capturable here: eager timing)
                 graph = None
             graphs[id(cfg)] = graph
         graph = graphs[id(cfg)]
-        if graph is None:
-            return _cuda_ms(run, cfg)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
+        return _cuda_ms(run, cfg) if graph is None else _event_ms(graph.replay)
 
     return timer
 
