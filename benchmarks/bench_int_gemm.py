@@ -35,6 +35,7 @@ from modaq import formats, ops
 from modaq.hadamard import is_hadamard_size, kron_factors, random_signs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import baselines  # noqa: E402
 from benchmarks.bandwidth import copy_bandwidth_gbps  # noqa: E402
 
 SHAPES = [(3584, 3584), (3584, 4608), (3584, 18944), (18944, 3584), (4096, 4096), (4096, 14336),
@@ -81,7 +82,6 @@ def copies(make, nbytes: int, m: int) -> list:
 def baseline_columns(row, record, names, x, q4, s4, q8, s8, n_sets: int) -> None:
     """gemlite / torchao layers (benchmarks/baselines.py) on the same quantized weights, rotating
     over up to 8 weight copies, each with its relative error against x @ W^T in fp32."""
-    from benchmarks import baselines
     built = [baselines.layers(names, q4, s4, q8, s8) for _ in range(min(n_sets, 8))]
     for name, first in built[0].items():
         if isinstance(first, str):
@@ -96,7 +96,7 @@ def baseline_columns(row, record, names, x, q4, s4, q8, s8, n_sets: int) -> None
         row[name]["rel_err"] = err
 
 
-def gemm_row(k: int, n: int, m: int, baselines: tuple = ()) -> dict:
+def gemm_row(k: int, n: int, m: int, baseline_names: tuple = ()) -> dict:
     dev = "cuda"
     flops = 2.0 * m * n * k
     est = max(flops / 600e12, n * k / 2e12)
@@ -131,9 +131,9 @@ def gemm_row(k: int, n: int, m: int, baselines: tuple = ()) -> dict:
     record("w4a4_gemm", lambda i: ops.w4a4_gemm(xq4, xs4, w4s[i], s4), len(w4s))
     record("w4a8_layer", lambda i: ops.int_linear(x, w4s[i], s4, a_bits=8, w_bits=4), len(w4s))
     record("w4a4_layer", lambda i: ops.int_linear(x, w4s[i], s4, a_bits=4, w_bits=4), len(w4s))
-    if baselines:
+    if baseline_names:
         record("w8a8_layer", lambda i: ops.int_linear(x, w8s[i], s8, a_bits=8, w_bits=8), len(w8s))
-        baseline_columns(row, record, baselines, x, q4, s4, q8, s8, len(w4s))
+        baseline_columns(row, record, baseline_names, x, q4, s4, q8, s8, len(w4s))
     if m <= 16:  # the decode GEMV against the Triton GEMM it replaces, and its warp split
         from modaq.ops.fast_int_gemm import fused_fits, int_gemv
         from modaq.triton_kernels.int_gemm import int_gemm
@@ -226,9 +226,10 @@ def markdown(res: dict) -> str:
                          f"{us('w4a8_layer_2k'):.1f} ({us('fp16_linear') / us('w4a8_layer_2k'):.2f}x) | "
                          f"{best} ({us(f'w4a8_gemv_w{best}'):.1f}) | {us('w8a8_triton'):.1f} | "
                          f"{us('w8a8_gemm'):.1f} ({us('fp16_linear') / us('w8a8_gemm'):.2f}x) |")
-    base = [r for r in res["gemm"] if any(k.startswith(("gemlite_", "torchao_")) for k in r)]
+    prefixes = tuple(f"{name}_" for name in baselines.NAMES)
+    base = [r for r in res["gemm"] if any(k.startswith(prefixes) for k in r)]
     if base:
-        names = sorted({k for r in base for k in r if k.startswith(("gemlite_", "torchao_"))})
+        names = sorted({k for r in base for k in r if k.startswith(prefixes)})
         lines += ["", f"## Third-party layers (benchmarks/baselines.py: {res.get('baselines', {})})", "",
                   "us (speedup over FP16 F.linear; relative error vs x @ W^T in fp32); modaq's layers "
                   "(ops.int_linear) in the same run", "",
@@ -264,15 +265,20 @@ def save(res: dict, out: Path, final: bool, tag: str = "") -> None:
         (out / f"{stem}.md").write_text(markdown(res))
 
 
+def _int_list(text: str) -> list[int]:
+    """'1,16,1024' -> [1, 16, 1024]; '' -> [] (argparse type of the size lists)."""
+    return [int(v) for v in text.split(",") if v]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer shapes / M (smoke run)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    ap.add_argument("--ms", type=lambda v: [int(m) for m in v.split(",") if m], default=MS,
+    ap.add_argument("--ms", type=_int_list, default=MS,
                     help="comma-separated M values of the GEMM table ('' skips it)")
-    ap.add_argument("--quant-ms", type=lambda v: [int(m) for m in v.split(",") if m], default=QUANT_MS,
+    ap.add_argument("--quant-ms", type=_int_list, default=QUANT_MS,
                     help="comma-separated M values of the quantize_act table")
-    ap.add_argument("--quant-ks", type=lambda v: [int(k) for k in v.split(",") if k], default=QUANT_KS,
+    ap.add_argument("--quant-ks", type=_int_list, default=QUANT_KS,
                     help="comma-separated K values of the quantize_act table")
     ap.add_argument("--no-quant", action="store_true", help="skip the quantize_act table")
     ap.add_argument("--tag", default="", help="suffix of the result file names (partial re-runs)")
@@ -289,7 +295,6 @@ def main():
            "date": datetime.datetime.now().isoformat(timespec="seconds"), "backends": ops.backends(),
            "copy_gbps": copy_bandwidth_gbps(), "gemm": [], "quant": [], "notes": args.note}
     if args.baselines:
-        from benchmarks import baselines
         res["baselines"] = {name: baselines.version(name) for name in args.baselines}
     print(f"{dev_name}: copy {res['copy_gbps']:.0f} GB/s", flush=True)
     for k in ([] if args.no_quant else args.quant_ks[:3] if args.quick else args.quant_ks):
