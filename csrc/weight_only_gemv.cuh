@@ -33,8 +33,10 @@
 //
 // Measured (benchmarks/results/weight_only_*.md, M = 1, CUDA-graph replays): H100, 3584 x 18944
 // W3 18.5 us (49% of copy bandwidth; previous kernel 22.9-24.5 us), 18944 x 3584 16.5 us (55%),
-// 14336 x 4096 14.0 us (56%); W4 52-64%.  H200: 3584 x 18944 W3 15.2-16.6 us (39-43% of the
-// 4.18 TB/s copy), W4 50-55% on the four large shapes.  Limits: ~5-6 us per call that do not
+// 14336 x 4096 14.0 us (56%); W4 52-64%.  H200 (2026-12-01, shallow ring where the grid has
+// >= 2 CTAs per SM: weight_only_gemv_launch.cuh): 3584 x 18944 W3 15.7 us, W4 15.3 (was 16.4-17.2
+// with 5 slots); 40-43% (W3) and 52-56% (W4) of the 4.16 TB/s copy on the four large shapes.
+// Limits: ~5-6 us per call that do not
 // scale with size (3584 x 3584, 2.5 MB, takes 5-6.5 us: launch, first DRAM round trip, x
 // staging, tail), and instruction latency: ncu on the H200 (scripts/profile_weight_only_gemv.py,
 // 3584 x 18944 W3) counts 5.24 M warp instructions (316 per block and warp), issue slots 36%
@@ -43,9 +45,15 @@
 // (2x the warps) measured the same, and a row-tile variant tried on 2026-11-30 (one CTA per 16
 // rows, warps splitting K, x copied into each ring slot) took 1.1-1.9x this kernel's time (its
 // x copies and addressing added ~45% instructions per block).  Four accumulator chains per
-// unit instead of two: no change.  The 80% target needs roughly half the instructions per
-// weight (e.g. feeding the magic-number halves to the mma undecoded, with per-class
-// accumulators and the zero / magic terms subtracted per group, which needs a new layout).
+// unit instead of two: no change.  Fewer instructions per weight did not help either (tried
+// 2026-12-01 on an H200): W4 fed the magic-number pairs MAGIC + v 2^b to the mma undecoded (the
+// W4 layout already gives b per row half: 0 for row g, 4 for g + 8 in fp16), the kernel summed
+// x per group in the prologue and took (2^(E - b) + z) sum(x) off per group: one LOP3 per pair
+// instead of LOP3 + HFMA2, exact enough (1e-5 relative), but M = 1 times moved < 5% (3584 x
+// 18944 16.4 vs 17.2 us, W3 moved as much) and M = 4..16 got up to 25% slower (the prologue
+// sums).  ncu (3584 x 18944 W4, M = 1): 2.2 warps per scheduler, 59% of cycles with no eligible
+// warp, 5.3 cycles per issued instruction, DRAM 39% busy: latency bound with too few warps per
+// SM (296 CTAs of 4 warps); the next step is more resident warps without more per-CTA x staging.
 #pragma once
 
 #include <cooperative_groups.h>

@@ -13,6 +13,13 @@ namespace modaq {
 namespace woq {
 
 constexpr int kStages = 5;  // ring slots per warp: 4 blocks (6 / 8 KB for W3 / W4) in flight
+// ... and 2 blocks when M <= 8 and the grid has >= 2 CTAs per SM: about the same number of
+// blocks in flight per SM (~16).  H200, M = 1, forced depths in one run (3 / 5 / 8 slots):
+// 3584 x 18944 (296 CTAs, 2.2 per SM) W4 14.2 / 16.2 / 18.2 us, W3 14.3 / 15.3 / 17.7, at M = 4
+// W4 18.0 / 21.1; but 18944 x 3584 (112 CTAs, cluster split 2) W4 18.0 / 15.7 / 16.0 and
+// 14336 x 4096 15.1 / 13.3 / 13.3 (ncu at 5 slots, 3584 x 18944: ~2.2 warps per scheduler,
+// 59% of cycles with no eligible warp, DRAM 39% busy).
+constexpr int kShallowStages = 3;
 constexpr int kAutoKernel = 0, kSmemKernel = 1, kRegsKernel = 2;  // the entry point's `kernel`
 
 // K split (cluster size): the one closest to one CTA per SM.  Fitted to a sweep on an H100
@@ -90,8 +97,16 @@ template <typename T, int BITS, int GROUP, int MT>
 void launch_by_kernel(const GemvArgs& p, int splits, int kernel, int device, cudaStream_t stream) {
   if (kernel != kRegsKernel) {
     const SmemPlan plan = plan_gemv<T, BITS, GROUP, MT, kStages>(p, splits, device);
+    const int sms = device_info(device).sms;
     // forced kernel 1 falls back too when x does not fit (the register kernel stages x in chunks)
-    if (kernel == kSmemKernel ? plan.fits : smem_kernel_wins(plan, MT, device_info(device).sms)) {
+    if (kernel == kSmemKernel ? plan.fits : smem_kernel_wins(plan, MT, sms)) {
+      if constexpr (MT == 1) {
+        if ((long)plan.row_blocks * plan.splits >= 2L * sms) {  // same split, shallower ring
+          const SmemPlan shallow = plan_gemv<T, BITS, GROUP, MT, kShallowStages>(p, plan.splits, device);
+          launch_gemv<T, BITS, GROUP, MT, kShallowStages>(p, shallow, stream);
+          return;
+        }
+      }
       launch_gemv<T, BITS, GROUP, MT, kStages>(p, plan, stream);
       return;
     }

@@ -234,9 +234,10 @@ def test_gemv_matches_reference(bits, dtype, group):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gemv_both_kernels_match_reference(bits, dtype):
     """Shared-memory (kernel=1) and register (kernel=2) pipelined GEMVs, and the automatic choice
-    on both sides of its N > 4096 / M > 4 switch."""
+    on both sides of its N > 4096 / M > 4 switch; N = 17000 gives >= 2 CTAs per SM (<= 132 SMs),
+    where the shared-memory kernel runs its shallow ring at M <= 8."""
     seed = 100
-    for n, k, group in ((4200, 640, 128), (300, 1408, 64)):
+    for n, k, group in ((4200, 640, 128), (300, 1408, 64), (17000, 640, 64)):
         for m in (1, 5, 12):
             seed += 1
             packed, x, bias = _gpu_case(bits, n, k, group, m, dtype, seed)
