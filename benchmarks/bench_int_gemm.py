@@ -10,11 +10,13 @@ sizes, mix first).
 The JSON keeps the integer GEMM tuner's pick (chosen_tiles) and every candidate's time
 (tile_timings_ms) per problem.  --baselines gemlite,torchao adds those packages' quantized
 layers on the same weights (benchmarks/baselines.py: how to install them on the device) next
-to modaq's W4A8 / W8A8 layers.
+to modaq's W4A8 / W8A8 layers (--layers-only: only whole layers, for a shorter run;
+--shapes: a subset of the K x N shapes).
 
 Timing: every measurement is a CUDA graph of `inner` back-to-back calls (no launch / Python
 overhead), replayed `reps` times; the median replay / inner is reported.  When one call's
-operands fit in L2 (M <= 256) the calls rotate over enough weight copies to exceed it.
+operands fit in L2 (M <= 256) the calls rotate over enough weight copies to exceed it.  The
+layers a graph cannot capture (baselines.EAGER) are timed as eager calls and marked so.
 
     python benchmarks/bench_int_gemm.py [--quick] [--out benchmarks/results]
 writes int_gemm_<device>.json and .md.
@@ -74,6 +76,25 @@ def time_graph(fn, n_sets: int, est_s: float, reps: int = 5) -> float:
     return statistics.median(times)
 
 
+def time_eager(fn, n_sets: int, est_s: float, reps: int = 5) -> float:
+    """time_graph's measure for what a CUDA graph cannot capture: `inner` eager calls between two
+    events (launch overhead included, so at small sizes it favours the graph-timed columns)."""
+    inner = int(min(100, max(2, 5e-3 / max(est_s, 1e-6))))
+    for i in range(min(n_sets, 3)):
+        fn(i)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for i in range(inner):
+            fn(i % n_sets)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3 / inner)
+    return statistics.median(times)
+
+
 def copies(make, nbytes: int, m: int) -> list:
     n = max(1, -(-2 * L2_BYTES // max(nbytes, 1))) if m <= 256 else 1
     return [make() for _ in range(min(n, 48))]
@@ -88,7 +109,7 @@ def baseline_columns(row, record, names, x, q4, s4, q8, s8, n_sets: int) -> None
             row[name] = {"error": first}
             continue
         mods = [b[name] for b in built]
-        record(name, lambda i: mods[i](x), len(mods))
+        record(name, lambda i: mods[i](x), len(mods), eager=name.startswith(baselines.EAGER))
         q, sc = (q4, s4) if "w4a8" in name else (q8, s8)
         with torch.no_grad():
             ref = x.float() @ (q.float() * sc[:, None]).t()
@@ -96,7 +117,7 @@ def baseline_columns(row, record, names, x, q4, s4, q8, s8, n_sets: int) -> None
         row[name]["rel_err"] = err
 
 
-def gemm_row(k: int, n: int, m: int, baseline_names: tuple = ()) -> dict:
+def gemm_row(k: int, n: int, m: int, baseline_names: tuple = (), layers_only: bool = False) -> dict:
     dev = "cuda"
     flops = 2.0 * m * n * k
     est = max(flops / 600e12, n * k / 2e12)
@@ -111,30 +132,31 @@ def gemm_row(k: int, n: int, m: int, baseline_names: tuple = ()) -> dict:
     xq4, xs4 = ops.quantize_act(x, 4)
     row = {"K": k, "N": n, "M": m}
 
-    def record(name, fn, n_sets):
+    def record(name, fn, n_sets, eager=False):
         try:
-            t = time_graph(fn, n_sets, est)
-            row[name] = {"us": t * 1e6, "tops": flops / t / 1e12}
+            t = time_eager(fn, n_sets, est) if eager else time_graph(fn, n_sets, est)
+            row[name] = {"us": t * 1e6, "tops": flops / t / 1e12, **({"timing": "eager"} if eager else {})}
         except Exception as e:  # noqa: BLE001  (a baseline that does not support the shape)
             row[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
 
     record("fp16_linear", lambda i: F.linear(x, w16s[i]), len(w16s))
-    if m > 16 and k % 8 == 0 and n % 8 == 0:
-        w8t = [t.t() for t in w8s]
-        record("int_mm", lambda i: torch._int_mm(xq8, w8t[i]), len(w8t))
-    x8 = x.to(torch.float8_e4m3fn)
-    wf8 = [t.to(torch.float8_e4m3fn).t() for t in w16s]
-    one = torch.ones((), device=dev)
-    record("fp8_scaled_mm", lambda i: torch._scaled_mm(x8, wf8[i], one, one, out_dtype=torch.float16), len(wf8))
-    record("w8a8_gemm", lambda i: ops.w8a8_gemm(xq8, xs8, w8s[i], s8), len(w8s))
-    record("w4a8_gemm", lambda i: ops.w4a8_gemm(xq8, xs8, w4s[i], s4), len(w4s))
-    record("w4a4_gemm", lambda i: ops.w4a4_gemm(xq4, xs4, w4s[i], s4), len(w4s))
+    if not layers_only:
+        if m > 16 and k % 8 == 0 and n % 8 == 0:
+            w8t = [t.t() for t in w8s]
+            record("int_mm", lambda i: torch._int_mm(xq8, w8t[i]), len(w8t))
+        x8 = x.to(torch.float8_e4m3fn)
+        wf8 = [t.to(torch.float8_e4m3fn).t() for t in w16s]
+        one = torch.ones((), device=dev)
+        record("fp8_scaled_mm", lambda i: torch._scaled_mm(x8, wf8[i], one, one, out_dtype=torch.float16), len(wf8))
+        record("w8a8_gemm", lambda i: ops.w8a8_gemm(xq8, xs8, w8s[i], s8), len(w8s))
+        record("w4a8_gemm", lambda i: ops.w4a8_gemm(xq8, xs8, w4s[i], s4), len(w4s))
+        record("w4a4_gemm", lambda i: ops.w4a4_gemm(xq4, xs4, w4s[i], s4), len(w4s))
     record("w4a8_layer", lambda i: ops.int_linear(x, w4s[i], s4, a_bits=8, w_bits=4), len(w4s))
     record("w4a4_layer", lambda i: ops.int_linear(x, w4s[i], s4, a_bits=4, w_bits=4), len(w4s))
     if baseline_names:
         record("w8a8_layer", lambda i: ops.int_linear(x, w8s[i], s8, a_bits=8, w_bits=8), len(w8s))
         baseline_columns(row, record, baseline_names, x, q4, s4, q8, s8, len(w4s))
-    if m <= 16:  # the decode GEMV against the Triton GEMM it replaces, and its warp split
+    if m <= 16 and not layers_only:  # the decode GEMV against the Triton GEMM it replaces, and its warp split
         from modaq.ops.fast_int_gemm import fused_fits, int_gemv
         from modaq.triton_kernels.int_gemm import int_gemm
         row["layer_fused"] = fused_fits(x, None, w4s[0], n)
@@ -192,11 +214,14 @@ def fmt(v, key):
 def markdown(res: dict) -> str:
     lines = [f"# int GEMM / quantize_act on {res['device']}", "",
              f"torch {res['torch']}, triton {res['triton']}, {res['date']}; medians of CUDA-graph replays.", "",
-             *[f"Note: {n}" for n in res.get("notes", [])], *([""] if res.get("notes") else []),
-             "## GEMM (TOPS; `x` = speedup over FP16 F.linear in the same run)", "",
-             "| K x N | M | fp16 | int_mm | fp8 | w8a8 (x) | w4a8 (x) | w4a4 (x) | w4a8 layer (x) | w4a4 layer (x) | w4a4+had layer (x) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in res["gemm"]:
+             *[f"Note: {n}" for n in res.get("notes", [])], *([""] if res.get("notes") else [])]
+    full = [r for r in res["gemm"] if "w4a8_gemm" in r]  # not --layers-only rows
+    if full:
+        lines += ["## GEMM (TOPS; `x` = speedup over FP16 F.linear in the same run)", "",
+                  "| K x N | M | fp16 | int_mm | fp8 | w8a8 (x) | w4a8 (x) | w4a4 (x) | w4a8 layer (x) | "
+                  "w4a4 layer (x) | w4a4+had layer (x) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in full:
         def sx(name):
             v = r.get(name)
             return f"{v['tops']:.0f} ({v['speedup_vs_fp16']:.2f}x)" if isinstance(v, dict) and "tops" in v else "n/a"
@@ -231,7 +256,8 @@ def markdown(res: dict) -> str:
     if base:
         names = sorted({k for r in base for k in r if k.startswith(prefixes)})
         lines += ["", f"## Third-party layers (benchmarks/baselines.py: {res.get('baselines', {})})", "",
-                  "us (speedup over FP16 F.linear; relative error vs x @ W^T in fp32); modaq's layers "
+                  "us (speedup over FP16 F.linear; relative error vs x @ W^T in fp32; `eager`: timed as eager "
+                  "calls, launch and Python overhead included, as a CUDA graph cannot capture it); modaq's layers "
                   "(ops.int_linear) in the same run", "",
                   "| K x N | M | fp16 | modaq w4a8 layer | modaq w8a8 layer | " + " | ".join(names) + " |",
                   "|---|---|---|---|---|" + "---|" * len(names)]
@@ -241,11 +267,13 @@ def markdown(res: dict) -> str:
                 if not isinstance(v, dict) or "us" not in v:
                     return "n/a" if not isinstance(v, dict) else f"error: {v.get('error', '')[:60]}"
                 err = f"; {v['rel_err']:.1e}" if "rel_err" in v else ""
-                return f"{v['us']:.1f} ({v['speedup_vs_fp16']:.2f}x{err})"
+                eager = "; eager" if "timing" in v else ""
+                return f"{v['us']:.1f} ({v['speedup_vs_fp16']:.2f}x{err}{eager})"
             lines.append(f"| {r['K']}x{r['N']} | {r['M']} | {fmt(r.get('fp16_linear'), 'us')} | {cell('w4a8_layer')} | "
                          f"{cell('w8a8_layer')} | " + " | ".join(cell(nm) for nm in names) + " |")
-    lines += ["", f"## quantize_act (int8 out), GB/s; copy bandwidth {res['copy_gbps']:.0f} GB/s", "",
-              "| K | M | variant | us | GB/s | % of copy |", "|---|---|---|---|---|---|"]
+    if res["quant"]:
+        lines += ["", f"## quantize_act (int8 out), GB/s; copy bandwidth {res['copy_gbps']:.0f} GB/s", "",
+                  "| K | M | variant | us | GB/s | % of copy |", "|---|---|---|---|---|---|"]
     for r in res["quant"]:
         for name, v in r.items():
             if isinstance(v, dict):
@@ -270,6 +298,14 @@ def _int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
 
+def _shape_list(text: str) -> list[tuple[int, int]]:
+    """'3584x4608,1152x4304' -> [(3584, 4608), (1152, 4304)] (argparse type of --shapes)."""
+    try:
+        return [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",") if s]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KxN shapes separated by commas, got {text!r}") from None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer shapes / M (smoke run)")
@@ -283,6 +319,11 @@ def main():
     ap.add_argument("--no-quant", action="store_true", help="skip the quantize_act table")
     ap.add_argument("--tag", default="", help="suffix of the result file names (partial re-runs)")
     ap.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable)")
+    ap.add_argument("--shapes", type=_shape_list, default=SHAPES,
+                    help="comma-separated KxN weight shapes of the GEMM table (default: the 7B and SigLIP ones)")
+    ap.add_argument("--layers-only", action="store_true",
+                    help="GEMM table: only the whole layers (FP16 F.linear, ops.int_linear, --baselines), "
+                         "not the GEMMs alone, the Triton tiles or the GEMV warp split")
     ap.add_argument("--baselines", type=lambda v: tuple(b for b in v.split(",") if b), default=(),
                     help="comma-separated third-party layers to add to the GEMM table: gemlite, torchao "
                          "(benchmarks/baselines.py says how to install them on the device)")
@@ -302,9 +343,9 @@ def main():
             res["quant"].append(quant_row(k, m))
             print(json.dumps(res["quant"][-1]), flush=True)
     save(res, out, False, args.tag)
-    for k, n in (SHAPES[:2] + SHAPES[-2:] if args.quick else SHAPES):
+    for k, n in (args.shapes[:2] + args.shapes[-2:] if args.quick else args.shapes):
         for m in args.ms:
-            res["gemm"].append(gemm_row(k, n, m, args.baselines))
+            res["gemm"].append(gemm_row(k, n, m, args.baselines, args.layers_only))
             print(json.dumps(res["gemm"][-1]), flush=True)
             torch.cuda.empty_cache()
         save(res, out, False, args.tag)

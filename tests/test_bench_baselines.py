@@ -56,3 +56,22 @@ def test_report_lists_the_third_party_layers():
     text = markdown(res)
     assert "## Third-party layers" in text and "0.6.0" in text
     assert "| 3584x18944 | 1024 | 100.0 | 80.0 (1.25x) | n/a | 90.0 (1.11x; 3.0e-02) | error: RuntimeError: no kernel |" in text
+
+
+def test_report_marks_eager_timed_layers_and_shapes_parse():
+    import argparse
+
+    import pytest
+
+    from benchmarks.bench_int_gemm import _shape_list, markdown
+    row = {"K": 1152, "N": 4304, "M": 16, "fp16_linear": {"us": 10.0, "tops": 1.0, "speedup_vs_fp16": 1.0},
+           "torchao_w8a8_layer": {"us": 40.0, "tops": 1.0, "speedup_vs_fp16": 0.25, "rel_err": 0.01,
+                                  "timing": "eager"}}
+    res = {"device": "GPU", "torch": "t", "triton": "t", "date": "d", "copy_gbps": 1.0, "gemm": [row], "quant": [],
+           "baselines": {"torchao": "0.18.0"}}
+    text = markdown(res)
+    assert "| 1152x4304 | 16 | 10.0 | n/a | n/a | 40.0 (0.25x; 1.0e-02; eager) |" in text
+    assert "## GEMM (TOPS" not in text and "## quantize_act" not in text  # --layers-only, --no-quant
+    assert _shape_list("3584x4608,1152X4304") == [(3584, 4608), (1152, 4304)]
+    with pytest.raises(argparse.ArgumentTypeError, match="KxN"):
+        _shape_list("3584-4608")
