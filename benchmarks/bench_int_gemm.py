@@ -49,9 +49,27 @@ L2_BYTES = 50 << 20
 GEMV_WARPS = (1, 2, 4, 8, 16)
 
 
+def _inner_calls(est_s: float) -> int:
+    """Calls per timed sample: about 5 ms of work, 2..100 calls."""
+    return int(min(100, max(2, 5e-3 / max(est_s, 1e-6))))
+
+
+def _median_per_call(run, inner: int, reps: int) -> float:
+    """Median seconds per call over `reps` event-timed runs of run(), each making `inner` calls."""
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3 / inner)
+    return statistics.median(times)
+
+
 def time_graph(fn, n_sets: int, est_s: float, reps: int = 5) -> float:
     """Median seconds per fn(i) call, from replays of a graph of `inner` calls (i rotating)."""
-    inner = int(min(100, max(2, 5e-3 / max(est_s, 1e-6))))
+    inner = _inner_calls(est_s)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -64,35 +82,23 @@ def time_graph(fn, n_sets: int, est_s: float, reps: int = 5) -> float:
             fn(i % n_sets)
     graph.replay()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e-3 / inner)
+    t = _median_per_call(graph.replay, inner, reps)
     del graph
-    return statistics.median(times)
+    return t
 
 
 def time_eager(fn, n_sets: int, est_s: float, reps: int = 5) -> float:
     """time_graph's measure for what a CUDA graph cannot capture: `inner` eager calls between two
     events (launch overhead included, so at small sizes it favours the graph-timed columns)."""
-    inner = int(min(100, max(2, 5e-3 / max(est_s, 1e-6))))
+    inner = _inner_calls(est_s)
     for i in range(min(n_sets, 3)):
         fn(i)
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+
+    def calls():
         for i in range(inner):
             fn(i % n_sets)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e-3 / inner)
-    return statistics.median(times)
+    return _median_per_call(calls, inner, reps)
 
 
 def copies(make, nbytes: int, m: int) -> list:
