@@ -32,8 +32,9 @@ void weight_only_gemv(std::uintptr_t x, std::uintptr_t qweight, std::uintptr_t s
   if (K % 64 || N < 1 || N > (1 << 30) || K > (1 << 30))
     throw std::invalid_argument("modaq._C.weight_only_gemv: K must be a positive multiple of 64");
   if (K % group_size) throw std::invalid_argument("modaq._C.weight_only_gemv: K must be a multiple of group_size");
-  if (kernel < woq::kAutoKernel || kernel > woq::kRegsKernel)
-    throw std::invalid_argument("modaq._C.weight_only_gemv: kernel must be 0 (auto), 1 (smem) or 2 (regs)");
+  if (kernel < woq::kAutoKernel || kernel > woq::kShallowKernel)
+    throw std::invalid_argument(
+        "modaq._C.weight_only_gemv: kernel must be 0 (auto), 1 (smem), 2 (regs) or 3 (smem, shallow ring)");
   woq::GemvArgs p = {};
   p.x = reinterpret_cast<const void*>(x);
   p.qweight = reinterpret_cast<const uint8_t*>(qweight);

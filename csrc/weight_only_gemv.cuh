@@ -34,8 +34,9 @@
 // Measured (benchmarks/results/weight_only_*.md, M = 1, CUDA-graph replays): H100, 3584 x 18944
 // W3 18.5 us (49% of copy bandwidth; previous kernel 22.9-24.5 us), 18944 x 3584 16.5 us (55%),
 // 14336 x 4096 14.0 us (56%); W4 52-64%.  H200 (2026-12-01, shallow ring where the grid has
-// >= 2 CTAs per SM: weight_only_gemv_launch.cuh): 3584 x 18944 W3 15.7 us, W4 15.3 (was 16.4-17.2
-// with 5 slots); 40-43% (W3) and 52-56% (W4) of the 4.16 TB/s copy on the four large shapes.
+// more CTAs than SMs: weight_only_gemv_launch.cuh): 3584 x 18944 W3 14.2-15.7 us, W4 14.1-15.3
+// across runs (was 16.4-17.2 with 5 slots); 40-45% (W3) and 52-60% (W4) of the 4.19 TB/s
+// copy on the four large shapes.
 // Limits: ~5-6 us per call that do not
 // scale with size (3584 x 3584, 2.5 MB, takes 5-6.5 us: launch, first DRAM round trip, x
 // staging, tail), and instruction latency: ncu on the H200 (scripts/profile_weight_only_gemv.py,
@@ -53,7 +54,23 @@
 // 18944 16.4 vs 17.2 us, W3 moved as much) and M = 4..16 got up to 25% slower (the prologue
 // sums).  ncu (3584 x 18944 W4, M = 1): 2.2 warps per scheduler, 59% of cycles with no eligible
 // warp, 5.3 cycles per issued instruction, DRAM 39% busy: latency bound with too few warps per
-// SM (296 CTAs of 4 warps); the next step is more resident warps without more per-CTA x staging.
+// SM (296 CTAs of 4 warps).  More resident warps did not help either (H200, 2026-12-01, one
+// run each, forced): CTAs of 2 or 1 warps instead of 4 (more CTAs, better SM balance: 592 /
+// 1184 on 3584 x 18944) took 15.9 / 21.8 us against 14.3 at M = 1 (each CTA stages its own x);
+// a K-split kernel on the integer GEMV's skeleton (csrc/int_gemv.cu: a CTA per 16-row tile, its
+// warps splitting K, blocks loaded into registers 2 or 3 deep, x staged once per CTA, partial
+// sums met in shared memory) took 16.6 us at its best warp count (8) and 20-25 at the count
+// that keeps one wave, 1.2-1.5x this kernel on every shape at M = 1 (register loads leave the
+// memory latency exposed per batch, where the ring overlaps it).  ncu with the shallow ring
+// (3584 x 18944 W3, M = 1, clocks locked by ncu): 4.93 M warp instructions (297 per block and
+// warp, ~70% of them the decode), issue slots 53% busy at 8.7 warps per SM, stalls per issued
+// instruction: long scoreboard 0.67, wait (fixed latency) 0.65, not selected 0.55, math pipe
+// 0.38, dispatch 0.30, barrier 0.23; DRAM 29% busy, L1 / shared 48%.  So the kernel is
+// bound by its instruction stream (decode), not by DRAM; W3 and W4 take the same time on the
+// large shapes for that reason.  For scale, a torch elementwise kernel moving the weights'
+// bytes (half read, half written) reaches 68-75% of the 1 GiB copy bandwidth on the 4 large
+// shapes and 38-49% on the small ones (the bench's "streaming floor" table): W4 takes
+// 1.28-1.42x that copy's time on the large shapes, W3 1.6-1.7x.
 #pragma once
 
 #include <cooperative_groups.h>

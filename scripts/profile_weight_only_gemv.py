@@ -2,7 +2,8 @@
 
     ncu -k regex:weight_only_gemv python scripts/profile_weight_only_gemv.py --bits 3 --kernels 1,2
 
-`kernels`: the entry point's forced kernel (1 = shared-memory pipelined, 2 = register pipelined).
+`kernels`: the entry point's forced kernel (1 = shared-memory pipelined, 2 = register pipelined,
+3 = shared-memory pipelined with its shallow ring).
 """
 import argparse
 

@@ -233,16 +233,17 @@ def test_gemv_matches_reference(bits, dtype, group):
 @pytest.mark.parametrize("bits", [3, 4])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gemv_both_kernels_match_reference(bits, dtype):
-    """Shared-memory (kernel=1) and register (kernel=2) pipelined GEMVs, and the automatic choice
-    on both sides of its N > 4096 / M > 4 switch; N = 17000 gives >= 2 CTAs per SM (<= 132 SMs),
-    where the shared-memory kernel runs its shallow ring at M <= 8."""
+    """Shared-memory (kernel=1; kernel=3 forces its shallow ring at every M) and register
+    (kernel=2) pipelined GEMVs, and the automatic choice on both sides of its N > 4096 / M > 4
+    switch; N = 17000 gives >= 2 CTAs per SM (<= 132 SMs), where the shared-memory kernel runs
+    its shallow ring at M <= 8."""
     seed = 100
     for n, k, group in ((4200, 640, 128), (300, 1408, 64), (17000, 640, 64)):
         for m in (1, 5, 12):
             seed += 1
             packed, x, bias = _gpu_case(bits, n, k, group, m, dtype, seed)
             ref = REF[bits](x, *packed, n, group, bias)
-            for kernel in (0, 1, 2):
+            for kernel in (0, 1, 2, 3):
                 y = _gemv_poisoned(bits, x, packed, n, group, bias, kernel=kernel)
                 assert not y.isnan().any() and _rel_err(y, ref) < TOL[dtype], (n, k, m, kernel, _rel_err(y, ref))
 
@@ -251,14 +252,16 @@ def test_gemv_both_kernels_match_reference(bits, dtype):
 @needs_ext
 @pytest.mark.parametrize("bits", [3, 4])
 def test_gemv_cluster_splits_agree(bits):
-    """K split over 1..8 CTAs of a cluster (sm_90; others fall back to 1) gives the same result."""
-    n, k, m = 100, 128 * 40, 5
-    packed, x, bias = _gpu_case(bits, n, k, 128, m, torch.bfloat16, 7)
-    ref = REF[bits](x, *packed, n, 128, bias)
-    for splits in (1, 2, 3, 5, 8):
-        for kernel in (1, 2):
-            y = _gemv_poisoned(bits, x, packed, n, 128, bias, splits, kernel)
-            assert not y.isnan().any() and _rel_err(y, ref) < TOL[torch.bfloat16], (splits, kernel)
+    """K split over 1..8 CTAs of a cluster (sm_90; others fall back to 1) gives the same result,
+    with one and two token tiles."""
+    n, k = 100, 128 * 40
+    for m in (5, 12):
+        packed, x, bias = _gpu_case(bits, n, k, 128, m, torch.bfloat16, 7 + m)
+        ref = REF[bits](x, *packed, n, 128, bias)
+        for splits in (1, 2, 3, 5, 8):
+            for kernel in (1, 2, 3):
+                y = _gemv_poisoned(bits, x, packed, n, 128, bias, splits, kernel)
+                assert not y.isnan().any() and _rel_err(y, ref) < TOL[torch.bfloat16], (m, splits, kernel)
 
 
 @pytest.mark.gpu

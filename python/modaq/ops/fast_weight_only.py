@@ -47,8 +47,9 @@ def _aligned(x: torch.Tensor) -> torch.Tensor:
 def run_gemv(bits: int, x: torch.Tensor, qweight, scales, zeros, n: int, group_size: int, bias=None,
              splits: int = 0, kernel: int = 0) -> torch.Tensor:
     """CUDA fused GEMV, x [M, K] in launches of 16 rows; `splits` forces the cluster K split
-    (0 = heuristic); `kernel` forces 1 = shared-memory pipelined, 2 = register pipelined
-    (0 = by M and N, see csrc/weight_only_gemv_launch.cuh)."""
+    (0 = heuristic); `kernel` forces 1 = shared-memory pipelined, 2 = register pipelined,
+    3 = shared-memory pipelined with its shallow ring (0 = by M and N, see
+    csrc/weight_only_gemv_launch.cuh)."""
     m, k = x.shape
     x = _aligned(x)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
