@@ -4,8 +4,8 @@ Per shape (K x N) and M, in one process on one device: torch F.linear in fp16 (c
 torch._weight_int4pack_mm (tinygemm, bf16), and modaq's w3a16 / w4a16 ops (fp16; W4 also
 bf16 for the like-for-like int4 comparison), plus the prefill candidates the op chooses
 between (Triton fused, GEMV in 16-row launches, dequantize + cuBLAS whole or in L2-sized row
-chunks), the two GEMV kernels forced at M <= 16 (the data behind the op's choice between them)
-and a sweep of the shared-memory GEMV's cluster K split.
+chunks), the GEMV kernels forced at M <= 16 (the data behind the op's choice between them), a
+copy kernel moving as many bytes as the weights (the streaming floor at that size) and a sweep of the shared-memory GEMV's cluster K split.
 
 Timing: each measurement captures R calls in one CUDA graph, each call reading its own copy
 of the weights (R copies span > 2.5x the L2, so no call finds its weights in L2), replays it
@@ -44,6 +44,7 @@ MS = [1, 2, 4, 8, 16, 64, 256, 1024]
 CANDIDATES = {64: ("triton", "gemv", "dq_full", "dq_24mb"), 256: ("gemv", "dq_full", "dq_12mb", "dq_24mb"),
               1024: ("dq_full", "dq_12mb", "dq_24mb", "dq_48mb")}
 GROUP = 128
+KERNELS = (1, 2)  # forced GEMV kernels (the entry point's `kernel`)
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
@@ -142,7 +143,7 @@ def measure_shape(setup: ShapeSetup, timer: Timer, ms: list[int], copy_bw: float
         out_bytes = m * n * 2 + m * k * 2
         row = {"K": k, "N": n, "M": m}
 
-        def record(name, calls, weight_bytes):
+        def record(name, calls, weight_bytes, io_bytes=out_bytes):
             try:
                 us = timer(calls)
             except Exception as e:  # keep measuring the rest; the error goes into the results
@@ -150,7 +151,7 @@ def measure_shape(setup: ShapeSetup, timer: Timer, ms: list[int], copy_bw: float
                 print(f"  {name} failed: {row['errors'][name]}", flush=True)
                 us = float("nan")
             row[f"{name}_us"] = us
-            row[f"{name}_GBps"] = (weight_bytes + out_bytes) / us / 1e3
+            row[f"{name}_GBps"] = (weight_bytes + io_bytes) / us / 1e3
             row[f"{name}_frac_copy_bw"] = row[f"{name}_GBps"] / copy_bw
 
         record("fp16", [lambda w=w: F.linear(x16, w) for w in setup.fp16], nbytes(setup.fp16[0]))
@@ -167,6 +168,8 @@ def measure_shape(setup: ShapeSetup, timer: Timer, ms: list[int], copy_bw: float
                 record(f"w{bits}_{cand}", [lambda p=p, fn=fn: fn(p) for p in setup.packed[bits]], wb)
         if m <= fwo.GEMV_MAX_M and kernels and setup.device != "cpu":
             measure_kernels(setup, row, record, x16, xbf)
+        if m == ms[0]:
+            measure_copy_floor(setup, row, record)
         for name in ("w3", "w4"):
             row[f"{name}_speedup_vs_fp16"] = row["fp16_us"] / row[f"{name}_us"]
         if "int4pack_us" in row:
@@ -180,7 +183,7 @@ def measure_kernels(setup: ShapeSetup, row: dict, record, x16, xbf) -> None:
     """Both GEMV kernels forced (1 = shared-memory pipelined, 2 = register pipelined), same run:
     the data behind the op's automatic choice (csrc/weight_only_gemv_launch.cuh)."""
     n = setup.n
-    for kernel in (1, 2):
+    for kernel in KERNELS:
         for bits in (3, 4):
             p0, wb = setup.packed[bits], nbytes(*setup.packed[bits][0])
             record(f"w{bits}_k{kernel}", [lambda p=p: fwo.run_gemv(bits, x16, *p, n, GROUP, kernel=kernel)
@@ -188,6 +191,20 @@ def measure_kernels(setup: ShapeSetup, row: dict, record, x16, xbf) -> None:
             if bits == 4:
                 record(f"w4_bf16_k{kernel}", [lambda p=p: fwo.run_gemv(4, xbf, *p, n, GROUP, kernel=kernel)
                                               for p in p0], wb)
+
+
+def measure_copy_floor(setup: ShapeSetup, row: dict, record) -> None:
+    """An elementwise torch kernel (neg of fp16) that moves as many bytes as the W3 / W4 weights,
+    half read and half written, timed like the ops: what a call of that size costs when it only
+    streams memory, per-call latency included (the %bw columns divide by the 1 GiB copy).  A
+    kernel, not copy_: in a CUDA graph copy_ becomes a memcpy node on a copy engine
+    (benchmarks/bandwidth.py).  (torch's int32 sum was tried as a read-only floor: 0.5 TB/s.)"""
+    for bits in (3, 4):
+        half = nbytes(*setup.packed[bits][0]) // 4  # fp16 elements in half the bytes
+        pairs = [(torch.randn(half, device=setup.device).half(), torch.empty(half, dtype=torch.float16,
+                                                                              device=setup.device))
+                 for _ in setup.packed[bits]]
+        record(f"w{bits}_copy", [lambda s=s, d=d: torch.neg(s, out=d) for s, d in pairs], 4 * half, io_bytes=0)
 
 
 def safe_time(timer: Timer, calls: list) -> float:
@@ -309,7 +326,7 @@ def markdown(meta: dict, rows: list[dict], targets: list[dict], splits: list[dic
                 lines.append(f"| {r['K']}x{r['N']} | {r['fp16_us']:.1f} | "
                              + " | ".join("-" if c is None else f"{c:.1f}" for c in cells) + " |")
         lines.append("")
-    lines += kernel_table(rows)
+    lines += kernel_table(rows) + copy_floor_table(rows)
     lines += ["", "## GEMV cluster K split, M = 1 (splits 0 = heuristic)", "", "| K x N | bits | splits | us | %bw |",
               "|---|---|---|---|---|"]
     lines += [f"| {s['K']}x{s['N']} | {s['bits']} | {s['splits']} | {s['us']:.2f} | {100 * s['frac_copy_bw']:.0f}% |"
@@ -318,20 +335,38 @@ def markdown(meta: dict, rows: list[dict], targets: list[dict], splits: list[dic
 
 
 def kernel_table(rows: list[dict]) -> list[str]:
-    """Same-run times of both GEMV kernels forced, next to the op's automatic choice (us)."""
+    """Same-run times of the GEMV kernels forced, next to the op's automatic choice (us)."""
     keys = [("w3", "W3"), ("w4", "W4"), ("w4_bf16", "W4 bf16")]
     if not any(f"{k}_k1_us" in r for r in rows for k, _ in keys):
         return []
+    suffixes = [""] + [f"_k{k}" for k in KERNELS]
     lines = ["", "## GEMV kernels, forced (us): op = automatic choice, k1 = shared-memory pipelined, "
              "k2 = register pipelined", "",
-             "| K x N | M | " + " | ".join(f"{h} op | {h} k1 | {h} k2" for _, h in keys) + " |",
-             "|---|---|" + "---|" * (3 * len(keys))]
+             "| K x N | M | " + " | ".join(f"{h} {s[1:] or 'op'}" for _, h in keys for s in suffixes) + " |",
+             "|---|---|" + "---|" * (len(suffixes) * len(keys))]
     for r in rows:
         if r["M"] > 16:
             continue
-        cells = [r.get(f"{k}{suffix}_us") for k, _ in keys for suffix in ("", "_k1", "_k2")]
+        cells = [r.get(f"{k}{suffix}_us") for k, _ in keys for suffix in suffixes]
         lines.append(f"| {r['K']}x{r['N']} | {r['M']} | "
                      + " | ".join("-" if c is None else f"{c:.1f}" for c in cells) + " |")
+    return lines
+
+
+def copy_floor_table(rows: list[dict]) -> list[str]:
+    """Each op at its smallest measured M next to a copy of the same bytes, same run."""
+    firsts = [r for r in rows if "w4_copy_us" in r]
+    if not firsts:
+        return []
+    lines = ["", f"## Streaming floor (M = {firsts[0]['M']}, us): an elementwise torch kernel (fp16 neg) moving as "
+             "many bytes as the weights (half read, half written), per-call latency included; %copy = its bytes "
+             "over its time, over the 1 GiB copy bandwidth", "",
+             "| K x N | W3 copy | %copy | W3 op | W3 op / copy | W4 copy | %copy | W4 op | W4 op / copy |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in firsts:
+        cells = [f"{r[f'w{b}_copy_us']:.1f} | {100 * r[f'w{b}_copy_frac_copy_bw']:.0f}% | {r[f'w{b}_us']:.1f} | "
+                 f"{r[f'w{b}_us'] / r[f'w{b}_copy_us']:.2f}" for b in (3, 4)]
+        lines.append(f"| {r['K']}x{r['N']} | " + " | ".join(cells) + " |")
     return lines
 
 
