@@ -5,7 +5,8 @@ torch._weight_int4pack_mm (tinygemm, bf16), and modaq's w3a16 / w4a16 ops (fp16;
 bf16 for the like-for-like int4 comparison), plus the prefill candidates the op chooses
 between (Triton fused, GEMV in 16-row launches, dequantize + cuBLAS whole or in L2-sized row
 chunks), the GEMV kernels forced at M <= 16 (the data behind the op's choice between them), a
-copy kernel moving as many bytes as the weights (the streaming floor at that size) and a sweep of the shared-memory GEMV's cluster K split.
+copy kernel moving as many bytes as the weights (the streaming floor at that size) and a sweep
+of the shared-memory GEMV's cluster K split.
 
 Timing: each measurement captures R calls in one CUDA graph, each call reading its own copy
 of the weights (R copies span > 2.5x the L2, so no call finds its weights in L2), replays it
