@@ -81,6 +81,22 @@ inline DeviceInfo device_info(int device) {
   return info;
 }
 
+// CTAs of `warps` warps an SM holds at `smem` dynamic bytes: the occupancy query once per
+// kernel, warp count and KB of shared memory (rounded up), so the decode hot path makes no
+// CUDA API call (one GPU type per process).  The GEMV launchers size their grids by it.
+template <typename Kernel>
+int resident_ctas(Kernel kernel, int warps, size_t smem) {
+  static int cache[17][257] = {};  // [warps][KB]: <= 16 warps, 256 KB >= any GPU's opt-in
+  const size_t kb = (smem + 1023) / 1024;
+  if (warps < 1 || warps > 16 || kb > 256) return 0;
+  int& r = cache[warps][kb];
+  if (r == 0) {
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r, kernel, warps * 32, kb * 1024), "occupancy");
+    if (r == 0) r = -1;  // does not fit: remembered too
+  }
+  return r > 0 ? r : 0;
+}
+
 // A persistent kernel's launch: allow `smem` bytes of dynamic shared memory, then launch
 // min(work, the CTAs all SMs hold at once) CTAs of `threads`, each looping over work items.
 template <typename Kernel, typename Args>

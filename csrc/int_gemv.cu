@@ -411,18 +411,13 @@ __global__ void __launch_bounds__(kMaxWarps * 32) int_gemv_kernel(const IntGemvA
 // Warps per CTA (auto): the most (a power of two <= 16, <= the full blocks) for which the
 // N / 16 CTAs still fit on the GPU at once.  Measured on an H200 (int_gemm_*.md): one wave of
 // CTAs with as many warps as fit splits K best; a second partial wave costs up to 1.4x.
-// resident[w]: CTAs per SM of `kernel` at w warps and `smem` dynamic bytes, filled on first use
-// (one GPU type per process; the fused kernel keeps one table per KB of x).
+// Residency: resident_ctas (common.cuh; the fused kernel's cached per KB of x).
 template <typename Kernel>
-int auto_warps(Kernel kernel, int (&resident)[kMaxWarps + 1], int n_tiles, int full_blocks, size_t smem,
-               int device) {
+int auto_warps(Kernel kernel, int n_tiles, int full_blocks, size_t smem, int device) {
   int w = kMaxWarps;
   while (w > 1 && w > full_blocks) w /= 2;
   for (; w > 1; w /= 2) {
-    if (resident[w] == 0) {
-      check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident[w], kernel, w * 32, smem), "occupancy");
-    }
-    if (static_cast<int64_t>(resident[w]) * device_info(device).sms >= n_tiles) break;
+    if (static_cast<int64_t>(resident_ctas(kernel, w, smem)) * device_info(device).sms >= n_tiles) break;
   }
   return w;
 }
@@ -433,17 +428,14 @@ template <typename TOut, int MT, int WB, bool A4, bool VEC16, bool FUSED>
 void launch(const IntGemvArgs& p, int warps, int device, cudaStream_t s) {
   auto kernel = int_gemv_kernel<TOut, MT, WB, A4, VEC16, FUSED>;
   const int n_tiles = (p.N + 15) / 16;
-  // the occupancy table of the fused kernel is taken at x rounded up to whole KB
-  const int kb_of_x = FUSED ? (p.M * p.K + 1023) / 1024 : 0;
   const size_t smem = FUSED ? static_cast<size_t>(p.M) * p.K : 0;
-  static int resident[kMaxFusedX / 1024 + 1][kMaxWarps + 1] = {};
   static bool opted_in[64] = {};
   if (FUSED && !opted_in[device]) {  // static + dynamic shared memory may pass 48 KB
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxFusedX),
                "int_gemv_fused smem attribute");
     opted_in[device] = true;
   }
-  if (warps == 0) warps = auto_warps(kernel, resident[kb_of_x], n_tiles, p.full_blocks, kb_of_x * size_t{1024}, device);
+  if (warps == 0) warps = auto_warps(kernel, n_tiles, p.full_blocks, smem, device);
   kernel<<<n_tiles, warps * 32, smem, s>>>(p);
 }
 

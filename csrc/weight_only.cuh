@@ -241,22 +241,6 @@ struct GemvArgs {
   int bias_dtype;
 };
 
-// CTAs of `warps` warps an SM holds at `smem` dynamic bytes: the occupancy query once per
-// kernel, warp count and KB of shared memory (rounded up), so the decode hot path makes no
-// CUDA API call (one GPU type per process, as in int_gemv.cu).
-template <typename Kernel>
-int resident_ctas(Kernel kernel, int warps, size_t smem) {
-  static int cache[17][257] = {};  // [warps][KB]: <= 16 warps, 256 KB >= any GPU's opt-in
-  const size_t kb = (smem + 1023) / 1024;
-  if (warps < 1 || warps > 16 || kb > 256) return 0;
-  int& r = cache[warps][kb];
-  if (r == 0) {
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r, kernel, warps * 32, kb * 1024), "occupancy");
-    if (r == 0) r = -1;  // does not fit: remembered too
-  }
-  return std::max(r, 0);
-}
-
 // Launch `kernel` on `grid` with the K-split ranks of a row block in one thread-block cluster
 // (their partial sums meet in distributed shared memory); splits == 1 is a plain launch.
 template <typename Kernel>

@@ -99,6 +99,7 @@ template <typename T, int BITS, int GROUP, int MT, int STAGES>
 struct GemvConfig {
   static constexpr int kWarps = MT == 1 ? 4 : 8;
   static constexpr int kThreads = kWarps * 32;
+  static int row_blocks(int n) { return ((n + kTileN - 1) / kTileN + kWarps - 1) / kWarps; }  // CTAs per K rank
   static constexpr int kRingBytes = kWarps * STAGES * Slot<BITS, GROUP>::kBytes;
   static constexpr int kZeroRowBytes = (kTileK + 8) * sizeof(T);  // covers every in-block offset
   // dynamic shared memory: ring | zero row | x rows [M][kt_per_split * 256 + 8]

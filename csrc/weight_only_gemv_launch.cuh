@@ -56,7 +56,7 @@ SmemPlan plan_gemv(const GemvArgs& p, int splits, int device) {
   }
   const int k_tiles = (p.K + kTileK - 1) / kTileK;
   SmemPlan plan;
-  plan.row_blocks = ((p.N + kTileN - 1) / kTileN + C::kWarps - 1) / C::kWarps;
+  plan.row_blocks = C::row_blocks(p.N);
   const int max_splits = info.major >= 9 ? std::min(kMaxSplits, k_tiles) : 1;  // clusters need sm_90
   auto fits = [&](int kt) { return C::smem_bytes(p.M, kt) <= (size_t)info.smem_optin; };
   auto kt_of = [&](int s) { return (k_tiles + s - 1) / s; };
@@ -108,7 +108,7 @@ template <typename T, int BITS, int GROUP>
 SmemPlan two_tile_plan(const GemvArgs& p, int sms, int device) {
   using C = GemvConfig<T, BITS, GROUP, 2, kShallowStages>;
   const long max_ctas = sms * 9L / 10;
-  const long row_blocks = ((p.N + kTileN - 1) / kTileN + C::kWarps - 1) / C::kWarps;
+  const long row_blocks = C::row_blocks(p.N);
   SmemPlan plan;  // fits = false
   if (row_blocks > max_ctas) return plan;
   plan = plan_gemv<T, BITS, GROUP, 2, kShallowStages>(p, (int)std::min<long>(max_ctas / row_blocks, kMaxSplits), device);

@@ -212,9 +212,7 @@ template <typename T, int BITS, int GROUP, int MT>
 void launch_gemv(GemvArgs p, int splits, int device, cudaStream_t stream) {
   auto kernel = weight_only_gemv_kernel<T, BITS, GROUP, MT>;
   constexpr size_t smem = gemv_smem_bytes<T, MT>();
-  static int ctas_per_sm = 0;
-  if (ctas_per_sm == 0)
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas_per_sm, kernel, kThreads, smem), "occupancy");
+  const int ctas_per_sm = resident_ctas(kernel, kWarps, smem);
   const DeviceInfo info = device_info(device);
   p.n_tiles = (p.N + kTileN - 1) / kTileN;
   p.k_tiles = (p.K + kTileK - 1) / kTileK;
